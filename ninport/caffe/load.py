@@ -1,0 +1,106 @@
+"""From files on disk to a normalized ``Net`` with checked weights: the one entry point of ``ninport.caffe``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from ninport.caffe import caffe_pb2
+from ninport.caffe.caffemodel import blob_is_legacy, blob_to_array, read_caffemodel
+from ninport.caffe.net import Net
+from ninport.caffe.prototxt import read_prototxt
+from ninport.caffe.shapes import NetShapes, infer_shapes
+from ninport.caffe.upgrade import normalize, v2_layers
+from ninport.errors import ParseError, WeightsError
+
+
+def read_net(
+    prototxt: str | os.PathLike,
+    phase: str = "TEST",
+    input_shape: str | Sequence[int] | dict | None = None,
+    deploy: bool = True,
+    level: int | None = None,
+    stages: Sequence[str] | None = None,
+) -> Net:
+    """Read a prototxt of any Caffe vintage into a normalized ``Net`` (no weights)."""
+    source = os.fspath(prototxt)
+    message, blocks = read_prototxt(source, caffe_pb2.NetParameter())
+    return normalize(message, blocks, source, phase=phase, level=level, stages=stages,
+                     input_shape=input_shape, deploy=deploy)
+
+
+def weights_by_layer(model: caffe_pb2.NetParameter, source: str) -> dict[str, list[caffe_pb2.BlobProto]]:
+    """The blobs of each named layer in a caffemodel, whatever its layout (V0, V1 or V2)."""
+    out: dict[str, list[caffe_pb2.BlobProto]] = {}
+    for layer, _ in v2_layers(model, None, source):
+        if layer.blobs and layer.name not in out:
+            out[layer.name] = list(layer.blobs)
+    return out
+
+
+def _fit(blob: caffe_pb2.BlobProto, expected: tuple[int, ...]) -> np.ndarray | None:
+    """The blob as an array of the expected shape, or None when it does not fit.
+
+    A legacy blob fits when its 4-D dims equal the expected shape padded with leading ones, which is the
+    test Caffe's Blob::ShapeEquals makes when it loads weights.
+    """
+    array = blob_to_array(blob)
+    if blob_is_legacy(blob):
+        if len(expected) <= 4 and tuple(array.shape) == (1,) * (4 - len(expected)) + tuple(expected):
+            return array.reshape(expected)
+        return None
+    return array if tuple(array.shape) == tuple(expected) else None
+
+
+def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | None = None) -> Net:
+    """Match a caffemodel's blobs to the net's layers by name, reshape legacy dims, and check every shape."""
+    source = os.fspath(caffemodel)
+    model = read_caffemodel(source)
+    try:
+        found = weights_by_layer(model, source)
+    except Exception as exc:  # a decodable but nonsensical file
+        raise ParseError(f"{source}: cannot read layers from the caffemodel ({exc})") from None
+    shapes = shapes or infer_shapes(net)
+    for layer in net.layers:
+        expected = shapes.layers[layer.name].params
+        blobs = found.get(layer.name, [])
+        what = f"layer {layer.name!r} ({layer.type}, {net.where(layer)})"
+        if expected and not blobs:
+            raise WeightsError(f"{what} has no weights in {source}: it needs {len(expected)} blob(s)")
+        if len(blobs) != len(expected):
+            raise WeightsError(
+                f"{what}: the prototxt needs {len(expected)} blob(s) "
+                f"{[list(s) for s in expected]}, {source} has {len(blobs)}"
+            )
+        arrays = []
+        for index, (blob, shape) in enumerate(zip(blobs, expected)):
+            try:
+                array = _fit(blob, shape)
+            except ParseError as exc:
+                raise WeightsError(f"{what} blob {index} in {source}: {exc}") from None
+            if array is None:
+                have = list(blob_to_array(blob).shape)
+                raise WeightsError(
+                    f"{what} blob {index}: {net.source} needs shape {list(shape)}, {source} has {have}"
+                )
+            arrays.append(np.ascontiguousarray(array, dtype=np.float32))
+        layer.blobs = arrays
+    net.weights_source = source
+    return net
+
+
+def load_net(
+    prototxt: str | os.PathLike,
+    caffemodel: str | os.PathLike | None = None,
+    phase: str = "TEST",
+    input_shape: str | Sequence[int] | dict | None = None,
+    deploy: bool = True,
+) -> tuple[Net, NetShapes]:
+    """Read a prototxt (and weights, when given) into a checked ``Net`` and the shapes of all its blobs."""
+    net = read_net(prototxt, phase=phase, input_shape=input_shape, deploy=deploy)
+    shapes = infer_shapes(net)
+    if caffemodel is not None:
+        attach_weights(net, caffemodel, shapes)
+    return net, shapes

@@ -1,0 +1,90 @@
+"""Read Caffe text files (prototxt) into protobuf messages, with file and line in every error.
+
+Besides the message itself, the reader reports where each top-level ``layer``/``layers`` block starts, so later
+stages can name a line when they complain about a layer, and can interleave files that mix both keywords.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+
+from ninport.errors import ParseError
+
+_TOKEN = re.compile(
+    r'"(?:[^"\\\n]|\\.)*"'  # double-quoted string
+    r"|'(?:[^'\\\n]|\\.)*'"  # single-quoted string
+    r"|#[^\n]*"  # comment
+    r"|[{}<>]"  # block delimiters
+    r"|[A-Za-z_][A-Za-z0-9_]*"  # identifier
+    r"|\n"
+)
+
+
+@dataclass(frozen=True)
+class LayerBlock:
+    """Where a top-level layer block starts: its keyword (``layer`` or ``layers``) and its 1-based line."""
+
+    keyword: str
+    line: int
+
+
+def scan_layer_blocks(text: str) -> list[LayerBlock]:
+    """Find the top-level ``layer {`` and ``layers {`` blocks of a NetParameter text, in file order."""
+    blocks: list[LayerBlock] = []
+    depth = 0
+    line = 1
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token == "\n":
+            line += 1
+        elif token in "{<":
+            depth += 1
+        elif token in "}>":
+            depth -= 1
+        elif depth == 0 and token in ("layer", "layers"):
+            blocks.append(LayerBlock(token, line))
+        elif token[0] in "\"'":
+            line += token.count("\n")
+    return blocks
+
+
+def read_text(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ParseError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ParseError(f"{path}: is a directory, not a prototxt file")
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"\x00" in data[:4096]:
+        raise ParseError(f"{path}: binary data where a text prototxt was expected (is it a caffemodel?)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def parse_text(text: str, message: Message, path: str = "<text>") -> Message:
+    """Parse protobuf text format into ``message``; errors become one line ``path:line:col: what``."""
+    try:
+        text_format.Parse(text, message, allow_unknown_extension=False)
+    except text_format.ParseError as exc:
+        line, col = exc.GetLine(), exc.GetColumn()
+        what = str(exc)
+        # protobuf prefixes its message with "line:col : "; keep only the explanation.
+        what = re.sub(r"^\d+:\d+\s*:\s*", "", what)
+        where = f"{path}:{line}:{col}" if line else path
+        raise ParseError(f"{where}: {what}") from None
+    return message
+
+
+def read_prototxt(path: str | os.PathLike, message: Message) -> tuple[Message, list[LayerBlock]]:
+    """Read a prototxt file into ``message`` and return it with the positions of its layer blocks."""
+    text = read_text(path)
+    parse_text(text, message, os.fspath(path))
+    return message, scan_layer_blocks(text)

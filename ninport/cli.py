@@ -1,0 +1,114 @@
+"""The ``ninport`` command line: thin click commands over the library, one function call each.
+
+Library errors (``ninport.errors``) become one line on stderr and exit status 1; ``--debug`` shows the
+traceback instead. Imports of torch and onnx happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from ninport import __version__
+from ninport.errors import NinportError
+
+
+class _Group(click.Group):
+    """Turns every failure into one clean line (and exit 1) unless --debug is given."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except NinportError as exc:
+            if _debug(ctx):
+                traceback.print_exc()
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug of ours: still one line, with a way to see more
+            if _debug(ctx):
+                traceback.print_exc()
+            click.echo(f"Error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                       err=True)
+            ctx.exit(2)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("ninport.debug")) or "--debug" in sys.argv
+
+
+def _set_debug(ctx: click.Context, _param, value: bool) -> bool:
+    if value:
+        ctx.meta["ninport.debug"] = True
+    return value
+
+
+debug_option = click.option("--debug", is_flag=True, expose_value=False, callback=_set_debug, is_eager=True,
+                            help="Show the full traceback on errors.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+input_shape_option = click.option("--input-shape", metavar="N,C,H,W",
+                                  help="Input shape, overriding the data layer's (or name=N,C,H,W;...).")
+phase_option = click.option("--phase", type=click.Choice(["test", "train"], case_sensitive=False), default="test",
+                            show_default=True, help="Caffe phase whose include/exclude rules apply.")
+provider_option = click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+                               show_default=True, help="onnxruntime execution provider.")
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="ninport")
+@debug_option
+def main() -> None:
+    """Read Caffe models as published; convert them to PyTorch and ONNX; run them.
+
+    \b
+    Example:
+      ninport inspect train_val.prototxt
+      ninport convert train_val.prototxt nin_imagenet.caffemodel -o nin.onnx
+      ninport run nin.onnx cat.jpg --top-k 5
+    """
+
+
+@main.command()
+@click.argument("prototxt", type=click.Path(dir_okay=False))
+@click.argument("caffemodel", required=False, type=click.Path(dir_okay=False))
+@input_shape_option
+@phase_option
+@json_option
+@debug_option
+def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phase: str, as_json: bool) -> None:
+    """Show each layer's shapes, parameters and MACs in Caffe's arithmetic.
+
+    With a CAFFEMODEL, also check that its weights fit the net.
+
+    \b
+    Example:
+      ninport inspect train_val.prototxt --input-shape 1,3,227,227
+    """
+    from ninport.inspect import format_table, format_trace, inspect_net, spatial_trace
+
+    report, net, shapes = inspect_net(prototxt, caffemodel, input_shape=input_shape, phase=phase.upper())
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    inputs = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in report["inputs"].items())
+    click.echo(f"net {report['name']!r} ({net.phase} phase), input {inputs}")
+    click.echo(format_table(report))
+    click.echo(f"total: {report['total_params']:,} learnable parameters, {report['total_macs']:,} MACs")
+    batch = next(iter(net.inputs.values()), (1,))[0] if net.inputs else 1
+    if batch > 1:
+        click.echo(f"       {report['total_macs'] // batch:,} MACs per item of the batch of {batch}")
+    click.echo(f"spatial trace: {format_trace(spatial_trace(net, shapes))}")
+    click.echo(f"outputs: {', '.join(net.outputs)}")
+    if caffemodel:
+        click.echo(f"weights: {len([x for x in net.layers if x.blobs])} layers matched in {caffemodel}, all shapes fit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
