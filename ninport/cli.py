@@ -110,5 +110,91 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
         click.echo(f"weights: {len([x for x in net.layers if x.blobs])} layers matched in {caffemodel}, all shapes fit")
 
 
+@main.command()
+@click.argument("prototxt", type=click.Path(dir_okay=False))
+@click.argument("caffemodel", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="ONNX file to write (default: CAFFEMODEL's name with .onnx); the .pt goes beside it.")
+@input_shape_option
+@phase_option
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--static-batch", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
+@json_option
+@debug_option
+def convert(prototxt: str, caffemodel: str, output: str | None, input_shape: str | None, phase: str, opset: int,
+            static_batch: bool, as_json: bool) -> None:
+    """Convert a Caffe model to ONNX (checked in onnxruntime) and to a PyTorch .pt file.
+
+    \b
+    Example:
+      ninport convert train_val.prototxt nin_imagenet.caffemodel -o nin.onnx
+    """
+    from ninport.convert import convert as run_convert
+    from ninport.inspect import format_trace
+
+    result = run_convert(prototxt, caffemodel, output, input_shape=input_shape, phase=phase.upper(), opset=opset,
+                         static_batch=static_batch)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    inputs = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in result.inputs.items())
+    click.echo(f"input: {inputs} ({'dynamic' if result.dynamic_batch else 'static'} batch)")
+    click.echo(f"spatial trace: {format_trace(result.trace)}")
+    click.echo(f"parameters: {result.params:,}   MACs: {result.macs:,}")
+    for p in result.parity:
+        click.echo(f"parity onnxruntime vs torch, {p.blob} at batch {p.batch}: max abs {p.max_abs:.3g}, "
+                   f"relative {p.rel:.3g}")
+    click.echo(f"wrote {result.onnx_path} (opset {result.opset}) and {result.pt_path} in {result.seconds:.2f} s")
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--top-k", type=int, default=5, show_default=True, help="How many classes to show per input.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (e.g. synset_words.txt).")
+@click.option("--mean-file", type=click.Path(dir_okay=False), help="Mean image (.binaryproto) to subtract.")
+@click.option("--mean-values", metavar="B,G,R", help="Per-channel mean to subtract, in BGR order.")
+@click.option("--scale", type=float, help="Multiply inputs by this after the mean (Caffe's transform scale).")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@provider_option
+@json_option
+@debug_option
+def run(model: str, inputs: tuple[str, ...], top_k: int, labels: str | None, mean_file: str | None,
+        mean_values: str | None, scale: float | None, batch_size: int, provider: str, as_json: bool) -> None:
+    """Classify images (JPEG/PNG, Caffe's test-time preprocessing) or .npy tensors with an ONNX model.
+
+    \b
+    Example:
+      ninport run nin.onnx cat.jpg dog.png --labels synset_words.txt --mean-values 104,117,123
+    """
+    from ninport.run import run_model
+
+    if mean_file and mean_values:
+        raise click.UsageError("give --mean-file or --mean-values, not both")
+    progress = not as_json and sys.stderr.isatty() and len(inputs) > batch_size
+    report = run_model(model, list(inputs), top_k=top_k, labels=labels, mean_file=mean_file,
+                       mean_values=_floats(mean_values), scale=scale, batch_size=batch_size, provider=provider,
+                       progress=progress)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(f"provider: {report['provider']}   output: {report['output']}")
+    for item in report["results"]:
+        click.echo(item["input"])
+        for rank, entry in enumerate(item["top_k"], 1):
+            label = f"  {entry['label']}" if entry["label"] else ""
+            click.echo(f"  {rank}. class {entry['class']:>4}  score {entry['score']:10.4f}  "
+                       f"p {entry['prob']:.4f}{label}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

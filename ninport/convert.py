@@ -1,0 +1,91 @@
+"""``ninport convert``: prototxt + caffemodel → a checked ONNX file and a pickle-free PyTorch file."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ninport.caffe.load import load_net
+from ninport.inspect import spatial_trace
+
+
+@dataclass
+class ConvertResult:
+    onnx_path: str
+    pt_path: str
+    trace: list[tuple[str, int]]
+    params: int
+    macs: int
+    inputs: dict[str, tuple[int, ...]]
+    outputs: list[str]
+    parity: list = field(default_factory=list)
+    seconds: float = 0.0
+    opset: int = 17
+    dynamic_batch: bool = True
+
+    def as_dict(self) -> dict:
+        return {
+            "onnx": self.onnx_path,
+            "pt": self.pt_path,
+            "trace": [{"layer": name, "size": size} for name, size in self.trace],
+            "params": self.params,
+            "macs": self.macs,
+            "inputs": {k: list(v) for k, v in self.inputs.items()},
+            "outputs": self.outputs,
+            "parity": [p.as_dict() for p in self.parity],
+            "seconds": round(self.seconds, 3),
+            "opset": self.opset,
+            "dynamic_batch": self.dynamic_batch,
+        }
+
+
+def default_output(caffemodel: str | os.PathLike) -> str:
+    stem = os.path.splitext(os.path.basename(os.fspath(caffemodel)))[0]
+    return f"{stem}.onnx"
+
+
+def convert(
+    prototxt: str | os.PathLike,
+    caffemodel: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    input_shape: str | Sequence[int] | None = None,
+    phase: str = "TEST",
+    opset: int = 17,
+    static_batch: bool = False,
+    tolerance: float = 1e-5,
+) -> ConvertResult:
+    """Convert a Caffe model; write ``OUT.onnx`` and ``OUT.pt`` only when both are built and checked."""
+    start = time.perf_counter()
+    net, shapes = load_net(prototxt, caffemodel, phase=phase, input_shape=input_shape)
+    output = os.fspath(output) if output else default_output(caffemodel)
+    pt_path = os.path.splitext(output)[0] + ".pt"
+
+    from ninport.onnx.export import export_onnx
+    from ninport.torch.build import build_module, save_pt
+
+    module = build_module(net, shapes)
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    # Export to a hidden name first so that a failing .pt write leaves no lone .onnx behind.
+    hidden = os.path.join(os.path.dirname(output) or ".", f".{os.path.basename(output)}.ninport-tmp")
+    try:
+        result = export_onnx(module, hidden, opset=opset, dynamic_batch=not static_batch, tolerance=tolerance)
+        save_pt(module, pt_path)
+        os.replace(hidden, output)
+    finally:
+        if os.path.exists(hidden):
+            os.unlink(hidden)
+    return ConvertResult(
+        onnx_path=output,
+        pt_path=pt_path,
+        trace=spatial_trace(net, shapes),
+        params=shapes.params(),
+        macs=shapes.macs(),
+        inputs=dict(net.inputs),
+        outputs=net.outputs,
+        parity=result.parity,
+        seconds=time.perf_counter() - start,
+        opset=opset,
+        dynamic_batch=not static_batch,
+    )

@@ -1,0 +1,177 @@
+"""Export a ``CaffeNet`` to ONNX, check it, prove it in onnxruntime, then keep it.
+
+The graph's input and output names are Caffe blob names (``data`` in, ``pool4`` out for NiN); weights are
+initializers, not inputs; the batch axis is dynamic unless asked otherwise. The file appears only after
+``onnx.checker`` (full check) and one onnxruntime run agree with the torch module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from ninport import __version__
+from ninport.caffe.caffemodel import atomic_write_bytes
+from ninport.errors import NinportError, ParityError
+
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class Parity:
+    """How far one backend's output is from a reference: max abs difference and that over max |reference|."""
+
+    blob: str
+    max_abs: float
+    rel: float
+    batch: int
+
+    def as_dict(self) -> dict:
+        return {"blob": self.blob, "max_abs": self.max_abs, "rel": self.rel, "batch": self.batch}
+
+
+@dataclass
+class ExportResult:
+    path: str
+    opset: int
+    parity: list[Parity] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """Max abs difference, and that divided by the reference's largest magnitude."""
+    reference = np.asarray(reference, dtype=np.float64)
+    other = np.asarray(other, dtype=np.float64)
+    if reference.shape != other.shape:
+        return float("inf"), float("inf")
+    max_abs = float(np.max(np.abs(reference - other))) if reference.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+def model_metadata(module, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a runtime user needs to feed the model: sources and their hashes, and the declared preprocessing."""
+    meta = {
+        "ninport_version": __version__,
+        "caffe_net_name": module.net_name,
+        "caffe_prototxt": os.path.basename(str(module.source)),
+        "channel_order": "BGR",
+        "preprocess": json.dumps(module.preprocess, sort_keys=True),
+        "input_names": json.dumps(module.input_names),
+        "output_names": json.dumps(module.output_names),
+    }
+    if module.source and os.path.exists(str(module.source)):
+        meta["caffe_prototxt_sha256"] = sha256_of(module.source)
+    if module.weights_source:
+        meta["caffe_caffemodel"] = os.path.basename(str(module.weights_source))
+        if os.path.exists(str(module.weights_source)):
+            meta["caffe_caffemodel_sha256"] = sha256_of(module.weights_source)
+    for key in ("crop_size", "mean_file", "mean_value", "scale", "mirror"):
+        if key in module.preprocess:
+            value = module.preprocess[key]
+            meta[f"preprocess_{key}"] = json.dumps(value) if not isinstance(value, str) else value
+    meta.update(extra or {})
+    return meta
+
+
+def to_onnx_bytes(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, batch: int | None = None) -> bytes:
+    """Trace ``module`` with the TorchScript-based exporter (fast and stable for these graphs)."""
+    module = module.eval()
+    args = module.example_inputs(batch=batch)
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: "N"} for name in module.input_names + module.output_names}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                args,
+                buffer,
+                input_names=module.input_names,
+                output_names=module.output_names,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                export_params=True,
+                keep_initializers_as_inputs=False,
+                dynamo=False,
+            )
+    return buffer.getvalue()
+
+
+def export_onnx(
+    module,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    check_batches: tuple[int, ...] | None = None,
+    tolerance: float = 1e-5,
+    metadata: dict[str, str] | None = None,
+) -> ExportResult:
+    """Export, check and prove ``module`` as an ONNX file at ``path`` (see the module docstring)."""
+    if opset < 17:
+        raise NinportError(f"opset {opset} is too old; ninport exports opset 17 or newer")
+    path = os.fspath(path)
+    declared = next(iter(module.input_shapes.values()))[0] if module.input_shapes else 1
+    trace_batch = 1 if dynamic_batch else declared
+    data = to_onnx_bytes(module, opset=opset, dynamic_batch=dynamic_batch, batch=trace_batch)
+    model = onnx.load_from_string(data)
+    meta = model_metadata(module, metadata)
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "ninport"
+    model.producer_version = __version__
+    model.doc_string = f"Caffe net {module.net_name!r} converted by ninport {__version__}"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise NinportError(f"the exported ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    data = model.SerializeToString()
+    if check_batches is None:
+        check_batches = (1, 2) if dynamic_batch else (declared,)
+    parity = check_parity(module, data, check_batches, tolerance)
+    atomic_write_bytes(path, data)
+    return ExportResult(path=path, opset=opset, parity=parity, metadata=meta)
+
+
+def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[Parity]:
+    """Run the ONNX model in onnxruntime (CPU) on seeded inputs and compare every output with torch."""
+    from ninport.onnx.runtime import make_session
+
+    session = make_session(onnx_bytes, provider="cpu").session
+    results = []
+    for batch in batches:
+        inputs = module.example_inputs(batch=batch, seed=batch)
+        with torch.no_grad():
+            expected = module(*inputs)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        feeds = {name: t.numpy() for name, t in zip(module.input_names, inputs)}
+        got = session.run(module.output_names, feeds)
+        for name, ref, out in zip(module.output_names, expected, got):
+            max_abs, rel = compare(ref.numpy(), out)
+            results.append(Parity(name, max_abs, rel, batch))
+            if not rel <= tolerance:
+                raise ParityError(
+                    f"onnxruntime and the torch module differ on blob {name!r} at batch {batch}: "
+                    f"max abs {max_abs:.3g}, relative {rel:.3g} > {tolerance:g}"
+                )
+    return results

@@ -1,0 +1,85 @@
+"""``CaffeNet``: a Caffe net as one ``nn.Module``, each Caffe layer a submodule under its Caffe name.
+
+``forward`` returns the net's outputs (blobs no layer consumes); ``forward_blobs`` returns every blob version,
+keyed by the normalized blob names of the ``Net`` (Caffe's name for the last value of each blob).
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from ninport.caffe.net import Net
+from ninport.caffe.shapes import NetShapes
+from ninport.torch.registry import build_layer, preflight
+
+
+class CaffeNet(nn.Module):
+    def __init__(self, net: Net, shapes: NetShapes):
+        super().__init__()
+        preflight(net)
+        self.net_name = net.name
+        self.input_names = list(net.inputs)
+        self.input_shapes = {k: tuple(v) for k, v in net.inputs.items()}
+        self.output_names = list(net.outputs)
+        self.blob_shapes = dict(shapes.blobs)
+        self.caffe_blob_names = {top: ctop for layer in net.layers for top, ctop in zip(layer.tops, layer.caffe_tops)}
+        self.prototxt = net.to_prototxt()
+        self.preprocess = dict(net.preprocess)
+        self.source = net.source
+        self.weights_source = net.weights_source
+        # (layer name, bottoms, tops) in execution order; Input layers only name the forward arguments.
+        self.plan: list[tuple[str, list[str], list[str]]] = []
+        self.layer_types: dict[str, str] = {}
+        for layer in net.layers:
+            self.layer_types[layer.name] = layer.type
+            if layer.type == "Input":
+                continue
+            self.add_module(layer.name, build_layer(layer, net, shapes))
+            self.plan.append((layer.name, list(layer.bottoms), list(layer.tops)))
+
+    def forward_blobs(self, *inputs: torch.Tensor, **named: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the net and return every blob version by name (inputs included)."""
+        blobs = self._bind_inputs(inputs, named)
+        for name, bottoms, tops in self.plan:
+            out = self._modules[name](*[blobs[b] for b in bottoms])
+            if len(tops) == 1:
+                blobs[tops[0]] = out
+            else:
+                for top, value in zip(tops, out):
+                    blobs[top] = value
+        return blobs
+
+    def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
+        blobs = self.forward_blobs(*inputs, **named)
+        outs = tuple(blobs[name] for name in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _bind_inputs(self, inputs, named) -> dict[str, torch.Tensor]:
+        if len(inputs) + len(named) != len(self.input_names):
+            raise TypeError(f"the net takes inputs {self.input_names}, got {len(inputs) + len(named)} tensors")
+        blobs = dict(zip(self.input_names, inputs))
+        for name, value in named.items():
+            if name not in self.input_names:
+                raise TypeError(f"the net has no input {name!r}; its inputs are {self.input_names}")
+            blobs[name] = value
+        return blobs
+
+    def example_inputs(self, batch: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        """Seeded random inputs of the net's input shapes (batch replaced when given)."""
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for name in self.input_names:
+            shape = list(self.input_shapes[name])
+            if batch is not None and shape:
+                shape[0] = batch
+            out.append(torch.randn(*shape, generator=gen))
+        return tuple(out)
+
+    def metadata(self) -> dict[str, str]:
+        return {"net_name": self.net_name, "preprocess": json.dumps(self.preprocess, sort_keys=True)}
+
+    def extra_repr(self) -> str:
+        return f"name={self.net_name!r}, inputs={self.input_names}, outputs={self.output_names}"
