@@ -7,7 +7,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ninport.caffe.load import load_net
+from ninport.caffe.load import attach_weights, read_net
+from ninport.caffe.shapes import infer_shapes
 from ninport.inspect import spatial_trace
 
 
@@ -58,13 +59,16 @@ def convert(
 ) -> ConvertResult:
     """Convert a Caffe model; write ``OUT.onnx`` and ``OUT.pt`` only when both are built and checked."""
     start = time.perf_counter()
-    net, shapes = load_net(prototxt, caffemodel, phase=phase, input_shape=input_shape)
-    output = os.fspath(output) if output else default_output(caffemodel)
-    pt_path = os.path.splitext(output)[0] + ".pt"
-
     from ninport.onnx.export import export_onnx
     from ninport.torch.build import build_module, save_pt
+    from ninport.torch.registry import preflight
 
+    net = read_net(prototxt, phase=phase, input_shape=input_shape)
+    preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
+    shapes = infer_shapes(net)
+    attach_weights(net, caffemodel, shapes)
+    output = os.fspath(output) if output else default_output(caffemodel)
+    pt_path = os.path.splitext(output)[0] + ".pt"
     module = build_module(net, shapes)
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     # Export to a hidden name first so that a failing .pt write leaves no lone .onnx behind.

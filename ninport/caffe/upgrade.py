@@ -545,6 +545,13 @@ def _apply_input_shapes(layers: list[Layer], overrides: dict, source: str) -> di
         if layer.type != "Input":
             continue
         shapes = layer.param.input_param.shape
+        where = f"{source}:{layer.line}" if layer.line else source
+        if len(shapes) not in (0, 1, len(layer.tops)):
+            # input_layer.cpp: "Must specify 'shape' once, once per top blob, or not at all"
+            raise NetError(
+                f"{where}: Input layer {layer.name!r} has {len(layer.tops)} tops but {len(shapes)} shapes; "
+                "give one shape, or one per top"
+            )
         for i, top in enumerate(layer.tops):
             shape = None
             if top in overrides:
@@ -554,7 +561,7 @@ def _apply_input_shapes(layers: list[Layer], overrides: dict, source: str) -> di
             first_input = False
             if shape is None:
                 if not shapes:
-                    raise NetError(f"{source}: Input layer {layer.name!r} declares no shape for {top!r}")
+                    raise NetError(f"{where}: Input layer {layer.name!r} declares no shape for {top!r}")
                 # One shape may serve every top (Caffe's InputLayer allows 1 or one per top).
                 shape = tuple(int(d) for d in shapes[i if len(shapes) > 1 else 0].dim)
             inputs[top] = shape

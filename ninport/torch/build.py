@@ -15,13 +15,14 @@ from collections.abc import Sequence
 import torch
 
 from ninport.caffe.caffemodel import atomic_write_bytes
-from ninport.caffe.load import load_net
+from ninport.caffe.load import attach_weights, read_net
 from ninport.caffe.net import Net
 from ninport.caffe.prototxt import parse_text
 from ninport.caffe.shapes import NetShapes, infer_shapes
 from ninport.caffe.upgrade import normalize
 from ninport.errors import ParseError
 from ninport.torch.module import CaffeNet
+from ninport.torch.registry import preflight
 
 PT_FORMAT = "ninport.pt/1"
 
@@ -39,7 +40,11 @@ def load(
     phase: str = "TEST",
 ) -> CaffeNet:
     """Read a prototxt and caffemodel of any Caffe vintage and return the equivalent ``nn.Module``."""
-    net, shapes = load_net(prototxt, caffemodel, phase=phase, input_shape=input_shape)
+    net = read_net(prototxt, phase=phase, input_shape=input_shape)
+    preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
+    shapes = infer_shapes(net)
+    if caffemodel is not None:
+        attach_weights(net, caffemodel, shapes)
     return build_module(net, shapes)
 
 

@@ -82,9 +82,11 @@ def converters() -> dict[str, Converter]:
 
 def preflight(net: Net) -> None:
     """Fail before building anything if any layer type has no converter; list every such layer."""
+    from ninport.caffe.shapes import RULES
+
     known = converters()
     missing = [(layer.name, layer.type, net.where(layer)) for layer in net.layers
-               if layer.type != "Input" and layer.type not in known]
+               if layer.type != "Input" and (layer.type not in known or layer.type not in RULES)]
     if missing:
         raise UnsupportedLayerError(missing)
 
