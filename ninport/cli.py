@@ -16,8 +16,40 @@ from ninport import __version__
 from ninport.errors import NinportError
 
 
+# Commands that live in their own modules, imported only when invoked (or listed by --help), so that
+# ``ninport inspect`` never pays for torch. name -> "module:attribute"
+LAZY_COMMANDS = {
+    "verify": "ninport.commands.verify:verify",
+    "paper": "ninport.commands.paper:paper",
+    "validate": "ninport.commands.paper:validate",
+    "evaluate": "ninport.commands.evaluate:evaluate",
+    "train": "ninport.commands.train:train",
+    "bench": "ninport.commands.bench:bench",
+    "layers": "ninport.commands.layers:layers",
+}
+
+
 class _Group(click.Group):
-    """Turns every failure into one clean line (and exit 1) unless --debug is given."""
+    """Turns every failure into one clean line (and exit 1) unless --debug is given; loads lazy commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._lazy(n) is not None})
+
+    def get_command(self, ctx: click.Context, name: str):
+        return super().get_command(ctx, name) or self._lazy(name)
+
+    @staticmethod
+    def _lazy(name: str):
+        target = LAZY_COMMANDS.get(name)
+        if target is None:
+            return None
+        import importlib
+        import importlib.util
+
+        module_name, attr = target.split(":")
+        if importlib.util.find_spec(module_name) is None:
+            return None
+        return getattr(importlib.import_module(module_name), attr, None)
 
     def invoke(self, ctx: click.Context):
         try:

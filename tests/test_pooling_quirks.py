@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from caffe_formulas import pool2d, pooled_size
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ninport
-from caffe_formulas import pool2d, pooled_size
 
 TOL = 1e-5
 

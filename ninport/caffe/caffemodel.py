@@ -81,8 +81,9 @@ def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
     except DecodeError as exc:
         raise ParseError(f"{os.fspath(path)}: not a valid caffemodel (truncated or corrupt: {exc})") from None
     # Random bytes can decode as a message made only of unknown fields; a real caffemodel has named layers.
-    layers = list(net.layer) + list(net.layers)
-    if not layers or not any(layer.name for layer in layers):
+    # A V0 model names its layers inside the wrapped V0 message (``layers { layer { name } }``).
+    names = [layer.name for layer in net.layer] + [layer.name or layer.layer.name for layer in net.layers]
+    if not any(names):
         raise ParseError(f"{os.fspath(path)}: not a valid caffemodel (no named layers in it)")
     return net
 

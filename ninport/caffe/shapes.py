@@ -367,7 +367,10 @@ def _argmax(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     if p.HasField("axis"):
         axis = _axis(p.axis, len(shape), layer)
         return LayerShapes([shape[:axis] + (p.top_k,) + shape[axis + 1 :]])
-    return LayerShapes([(shape[0], 2 if p.out_max_val else 1, p.top_k)])
+    # argmax_layer.cpp: max(num_axes, 3) axes, all 1 except N, (1 or 2) and top_k.
+    top = [1] * max(len(shape), 3)
+    top[0], top[1], top[2] = shape[0], 2 if p.out_max_val else 1, p.top_k
+    return LayerShapes([tuple(top)])
 
 
 @rule("Reduction")

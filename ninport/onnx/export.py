@@ -90,23 +90,74 @@ def model_metadata(module, extra: dict[str, str] | None = None) -> dict[str, str
     return meta
 
 
+class _EveryBlob(torch.nn.Module):
+    """Exports a CaffeNet with every blob version as a graph output, so each ONNX tensor that holds a Caffe
+    blob carries that blob's name; ``to_onnx_bytes`` then keeps only the real outputs."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.blob_names = [top for _, _, tops in net.plan for top in tops]
+
+    def forward(self, *inputs):
+        blobs = self.net.forward_blobs(*inputs)
+        return tuple(blobs[name] for name in self.blob_names)
+
+
+def _prune_to_outputs(model: onnx.ModelProto, keep: list[str]) -> dict[str, str]:
+    """Keep only ``keep`` as graph outputs, drop nodes nothing reads any more, and return the aliases
+    (blob name → the tensor holding the same value) of blobs whose Identity node went away."""
+    graph = model.graph
+    outputs = [o for o in graph.output if o.name in keep]
+    outputs.sort(key=lambda o: keep.index(o.name))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    aliases: dict[str, str] = {}
+    while True:
+        used = {o.name for o in graph.output} | {i for n in graph.node for i in n.input}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            if node.op_type == "Identity":
+                aliases[node.output[0]] = node.input[0]
+            graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input}
+    kept_inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    # Resolve chains (a → b → c) so every alias points at a tensor that exists.
+    for name in list(aliases):
+        target = aliases[name]
+        while target in aliases:
+            target = aliases[target]
+        aliases[name] = target
+    return aliases
+
+
 def to_onnx_bytes(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, batch: int | None = None) -> bytes:
-    """Trace ``module`` with the TorchScript-based exporter (fast and stable for these graphs)."""
+    """Trace ``module`` with the TorchScript-based exporter (fast and stable for these graphs).
+
+    Every Caffe blob gets its own name in the graph (inputs, outputs and intermediate tensors), so a
+    verification copy can expose any blob by name; the ``blob_aliases`` metadata maps blobs whose value is
+    another blob's (an inference-time Dropout, a Split) to the tensor that holds it.
+    """
     module = module.eval()
     args = module.example_inputs(batch=batch)
+    wrapper = _EveryBlob(module).eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
     dynamic_axes = None
     if dynamic_batch:
-        dynamic_axes = {name: {0: "N"} for name in module.input_names + module.output_names}
+        dynamic_axes = {name: {0: "N"} for name in module.input_names + wrapper.blob_names}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
             torch.onnx.export(
-                module,
+                wrapper,
                 args,
                 buffer,
                 input_names=module.input_names,
-                output_names=module.output_names,
+                output_names=wrapper.blob_names,
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 do_constant_folding=True,
@@ -114,7 +165,17 @@ def to_onnx_bytes(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
                 keep_initializers_as_inputs=False,
                 dynamo=False,
             )
-    return buffer.getvalue()
+    model = onnx.load_from_string(buffer.getvalue())
+    # Initializers are named after the wrapper's attribute ("net.conv1.weight"); give them the state dict's names.
+    renames = {i.name: i.name[len("net.") :] for i in model.graph.initializer if i.name.startswith("net.")}
+    for init in model.graph.initializer:
+        init.name = renames.get(init.name, init.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    aliases = _prune_to_outputs(model, module.output_names)
+    if aliases:
+        model.metadata_props.add(key="blob_aliases", value=json.dumps(aliases, sort_keys=True))
+    return model.SerializeToString()
 
 
 def export_onnx(
@@ -135,6 +196,7 @@ def export_onnx(
     data = to_onnx_bytes(module, opset=opset, dynamic_batch=dynamic_batch, batch=trace_batch)
     model = onnx.load_from_string(data)
     meta = model_metadata(module, metadata)
+    meta.update({p.key: p.value for p in model.metadata_props})
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
@@ -158,6 +220,7 @@ def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[P
     from ninport.onnx.runtime import make_session
 
     session = make_session(onnx_bytes, provider="cpu").session
+    module.eval()
     results = []
     for batch in batches:
         inputs = module.example_inputs(batch=batch, seed=batch)
