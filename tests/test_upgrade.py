@@ -334,9 +334,13 @@ def test_v0_data_layer_moves_transform_fields(write_prototxt):
 INPUT_FORMS = {
     "input_dim": 'input: "data"\ninput_dim: 2\ninput_dim: 3\ninput_dim: 5\ninput_dim: 7\n',
     "input_shape": 'input: "data"\ninput_shape { dim: 2 dim: 3 dim: 5 dim: 7 }\n',
-    "Input layer": 'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }\n',
+    "Input layer": 'layer { name: "data" type: "Input" top: "data"\n'
+    "  input_param { shape { dim: 2 dim: 3 dim: 5 dim: 7 } } }\n",
 }
-BODY = 'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 } }\n'
+BODY = (
+    'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"\n'
+    "  convolution_param { num_output: 4 kernel_size: 3 } }\n"
+)
 
 
 @pytest.mark.parametrize("form", list(INPUT_FORMS))

@@ -587,11 +587,18 @@ def _check_bottoms(net: Net) -> None:
 
 
 def _rename_in_place(net: Net) -> None:
-    """Give every blob version one writer; the last writer of a Caffe blob keeps the Caffe name."""
+    """Give every blob version one writer; the last writer of a Caffe blob keeps the Caffe name.
+
+    Net inputs are the exception: the Input layer keeps the name (it is what the user feeds, and the key of
+    ``net.inputs``), and in-place layers that rewrite an input get ``blob@layer`` names.
+    """
     writers: dict[str, list[tuple[int, int]]] = {}
     for li, layer in enumerate(net.layers):
         for ti, top in enumerate(layer.tops):
             writers.setdefault(top, []).append((li, ti))
+    # (layer index, top index) of the version that keeps the Caffe name
+    keeper = {top: chain[0] if net.layers[chain[0][0]].type == "Input" else chain[-1]
+              for top, chain in writers.items()}
     current: dict[str, str] = {}  # Caffe blob name -> name of its latest version so far
     for li, layer in enumerate(net.layers):
         layer.caffe_bottoms = list(layer.bottoms)
@@ -599,8 +606,7 @@ def _rename_in_place(net: Net) -> None:
         layer.caffe_tops = list(layer.tops)
         new_tops = []
         for ti, top in enumerate(layer.tops):
-            chain = writers[top]
-            version = top if chain[-1] == (li, ti) else f"{top}@{layer.name}"
+            version = top if keeper[top] == (li, ti) else f"{top}@{layer.name}"
             current[top] = version
             new_tops.append(version)
         layer.tops = new_tops

@@ -1,0 +1,1 @@
+"""Eltwise (Caffe's eltwise_layer.cpp): PROD, SUM with coefficients, MAX."""

@@ -1,0 +1,1 @@
+"""Embed (Caffe's embed_layer.cpp): a lookup table indexed by the bottom's integer values."""

@@ -1,0 +1,1 @@
+"""ArgMax and Reduction (Caffe's argmax_layer.cpp, reduction_layer.cpp)."""
