@@ -15,7 +15,6 @@ import click
 from ninport import __version__
 from ninport.errors import NinportError
 
-
 # Commands that live in their own modules, imported only when invoked (or listed by --help), so that
 # ``ninport inspect`` never pays for torch. name -> "module:attribute"
 LAZY_COMMANDS = {
@@ -108,8 +107,8 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("prototxt", type=click.Path(dir_okay=False))
-@click.argument("caffemodel", required=False, type=click.Path(dir_okay=False))
+@click.argument("prototxt", type=click.Path())
+@click.argument("caffemodel", required=False, type=click.Path())
 @input_shape_option
 @phase_option
 @json_option
@@ -143,9 +142,9 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 
 
 @main.command()
-@click.argument("prototxt", type=click.Path(dir_okay=False))
-@click.argument("caffemodel", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.argument("prototxt", type=click.Path())
+@click.argument("caffemodel", type=click.Path())
+@click.option("-o", "--output", type=click.Path(),
               help="ONNX file to write (default: CAFFEMODEL's name with .onnx); the .pt goes beside it.")
 @input_shape_option
 @phase_option
@@ -189,11 +188,11 @@ def _floats(text: str | None) -> list[float] | None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--top-k", type=int, default=5, show_default=True, help="How many classes to show per input.")
-@click.option("--labels", type=click.Path(dir_okay=False), help="Class names, one per line (e.g. synset_words.txt).")
-@click.option("--mean-file", type=click.Path(dir_okay=False), help="Mean image (.binaryproto) to subtract.")
+@click.option("--labels", type=click.Path(), help="Class names, one per line (e.g. synset_words.txt).")
+@click.option("--mean-file", type=click.Path(), help="Mean image (.binaryproto) to subtract.")
 @click.option("--mean-values", metavar="B,G,R", help="Per-channel mean to subtract, in BGR order.")
 @click.option("--scale", type=float, help="Multiply inputs by this after the mean (Caffe's transform scale).")
 @click.option("--batch-size", type=int, default=16, show_default=True)

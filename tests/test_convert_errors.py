@@ -63,9 +63,9 @@ def test_layer_without_weights(run_cli, tmp_path, small):
     _no_outputs(out)
 
 
-@pytest.mark.parametrize("bad_type", ["PriorBox", "BatchNorm"])
+@pytest.mark.parametrize("bad_type", ["PriorBox", "Python"])
 def test_unsupported_layer(run_cli, tmp_path, small, bad_type):
-    # PriorBox is unknown to Caffe upstream; BatchNorm has a shape rule but (for now) no converter: either
+    # PriorBox (from the SSD fork) and Python (user code inside Caffe) cannot be converted: either
     # way the conversion stops before building anything and names every such layer.
     proto, net = small
     text = SMALL_NET + (

@@ -148,3 +148,18 @@ def test_non_utf8_prototxt(tmp_path):
     path.write_bytes('name: "caf\xe9"\n'.encode("latin-1"))
     with pytest.raises(ParseError, match="UTF-8"):
         read_net(path)
+
+
+def test_crlf_line_endings_give_the_same_net_and_lines(tmp_path, nin_prototxt):
+    path = tmp_path / "crlf.prototxt"
+    path.write_bytes(nin_prototxt.read_bytes().replace(b"\n", b"\r\n"))
+    a, b = read_net(nin_prototxt), read_net(path)
+    assert [(x.name, x.line) for x in a.layers] == [(x.name, x.line) for x in b.layers]
+
+
+def test_utf8_byte_order_mark_is_not_part_of_the_text(tmp_path, nin_prototxt):
+    path = tmp_path / "bom.prototxt"
+    path.write_bytes(b"\xef\xbb\xbf" + nin_prototxt.read_bytes())
+    net = read_net(path)
+    assert net.name == "nin_imagenet"
+    assert net.layer("conv1").line == read_net(nin_prototxt).layer("conv1").line

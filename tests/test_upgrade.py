@@ -123,7 +123,8 @@ def test_every_blob_version_has_one_writer_and_the_last_keeps_caffes_name(nin_pr
 
 def test_three_in_place_writers_chain(write_prototxt):
     text = (
-        'input: "x"\ninput_shape { dim: 1 dim: 2 }\n'
+        'input: "in"\ninput_shape { dim: 1 dim: 2 }\n'
+        'layer { name: "p" type: "Power" bottom: "in" top: "x" }\n'
         'layer { name: "a" type: "ReLU" bottom: "x" top: "x" }\n'
         'layer { name: "b" type: "TanH" bottom: "x" top: "x" }\n'
         'layer { name: "c" type: "Sigmoid" bottom: "x" top: "x" }\n'
@@ -132,12 +133,34 @@ def test_three_in_place_writers_chain(write_prototxt):
     net = read_net(write_prototxt(text))
     chain = [(x.name, x.bottoms, x.tops) for x in net.layers]
     tops = [t for _, _, ts in chain for t in ts]
-    assert len(tops) == len(set(tops)) == 5
-    assert chain[3][2] == ["x"]  # c is the last writer of x
+    assert len(tops) == len(set(tops)) == 6
+    assert chain[4][2] == ["x"]  # c is the last writer of x
     for (_, _, prev_tops), (_, bottoms, _) in zip(chain, chain[1:]):
         assert bottoms == prev_tops
-    assert [x.caffe_tops for x in net.layers] == [["x"], ["x"], ["x"], ["x"], ["y"]]
+    assert [x.caffe_tops for x in net.layers] == [["in"], ["x"], ["x"], ["x"], ["x"], ["y"]]
     assert net.outputs == ["y"]
+
+
+def test_in_place_layer_on_the_net_input_keeps_the_input_name(write_prototxt):
+    # The input blob is what the user feeds: it keeps its Caffe name, and later in-place versions get
+    # blob@layer names, so every net input is the top of an Input layer.
+    text = (
+        'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 4 dim: 4 }\n'
+        'layer { name: "scale" type: "Power" bottom: "data" top: "data" power_param { scale: 2 } }\n'
+        'layer { name: "relu" type: "ReLU" bottom: "data" top: "data" }\n'
+        'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+        "convolution_param { num_output: 2 kernel_size: 1 } }\n"
+    )
+    net = read_net(write_prototxt(text))
+    input_tops = {t for x in net.layers if x.type == "Input" for t in x.tops}
+    assert set(net.inputs) == input_tops == {"data"}
+    tops = [t for x in net.layers for t in x.tops]
+    assert len(tops) == len(set(tops))
+    assert net.layer("scale").bottoms == ["data"]
+    assert net.layer("relu").bottoms == net.layer("scale").tops != ["data"]
+    assert net.layer("conv").bottoms == net.layer("relu").tops != ["data"]
+    assert [net.caffe_name(t) for t in tops] == ["data", "data", "data", "conv"]
+    assert infer_shapes(net).blobs[net.layer("conv").bottoms[0]] == (1, 3, 4, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,6 +230,66 @@ def test_deploy_file_matches_the_train_val_view(nin_prototxt, nin_deploy_prototx
     assert deploy.layers[0].type == "Input"
     assert _normalized(deploy)[1:] == _normalized(train_val)[1:]
     assert deploy.preprocess == {}
+
+
+DATA_LAYERS = {
+    # data layer text -> the input it stands for in the deploy view
+    'layer { name: "d" type: "ImageData" top: "data" top: "label"\n'
+    '  image_data_param { source: "list.txt" batch_size: 8 new_height: 256 new_width: 200 is_color: false } }\n':
+        (8, 1, 256, 200),
+    'layer { name: "d" type: "ImageData" top: "data" top: "label" transform_param { crop_size: 227 }\n'
+    '  image_data_param { source: "list.txt" batch_size: 8 new_height: 256 new_width: 256 } }\n':
+        (8, 3, 227, 227),
+    'layer { name: "d" type: "MemoryData" top: "data" top: "label"\n'
+    "  memory_data_param { batch_size: 2 channels: 1 height: 28 width: 28 } }\n":
+        (2, 1, 28, 28),
+    'layer { name: "d" type: "DummyData" top: "data" top: "label"\n'
+    "  dummy_data_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } shape { dim: 2 } } }\n":
+        (2, 3, 5, 5),
+    'layer { name: "d" type: "DummyData" top: "data" dummy_data_param { num: 2 channels: 3 height: 5 width: 6 } }\n':
+        (2, 3, 5, 6),
+}
+LOSS = (
+    'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+    'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "r" bottom: "label" top: "loss" }\n'
+)
+
+
+@pytest.mark.parametrize("data_layer", list(DATA_LAYERS))
+def test_data_layers_become_one_input(write_prototxt, data_layer):
+    text = data_layer + (LOSS if "label" in data_layer else LOSS.splitlines(keepends=True)[0])
+    net = read_net(write_prototxt(text))
+    assert net.inputs == {"data": DATA_LAYERS[data_layer]}
+    assert [(x.name, x.type, x.tops) for x in net.layers] == [("d", "Input", ["data"]), ("r", "ReLU", ["r"])]
+    assert net.outputs == ["r"]
+
+
+def test_data_layer_without_size_needs_input_shape(write_prototxt):
+    text = (
+        'layer { name: "d" type: "Data" top: "data" top: "label" data_param { source: "db" batch_size: 64 }\n'
+        "  transform_param { scale: 0.00390625 } }\n" + LOSS
+    )
+    path = write_prototxt(text)
+    with pytest.raises(NetError, match=rf"{path}:1: .*'d'.*--input-shape"):
+        read_net(path)
+    net = read_net(path, input_shape="1,1,28,28")
+    assert net.inputs == {"data": (1, 1, 28, 28)}
+    assert net.preprocess == {"scale": 0.00390625}
+
+
+def test_separate_label_data_layer_is_no_input(write_prototxt):
+    # Segmentation nets (e.g. FCN) read labels from their own data layer; only the loss reads them, so the
+    # deploy view has one input and does not need to know the label layer's shape.
+    text = (
+        'layer { name: "data" type: "Data" top: "data" data_param { source: "img" batch_size: 1 }\n'
+        "  transform_param { crop_size: 64 mean_value: 104 mean_value: 117 mean_value: 123 } }\n"
+        'layer { name: "label" type: "Data" top: "label" data_param { source: "lbl" batch_size: 1 } }\n'
+        + LOSS
+    )
+    net = read_net(write_prototxt(text))
+    assert net.inputs == {"data": (1, 3, 64, 64)}
+    assert [x.name for x in net.layers] == ["data", "r"]
+    assert net.preprocess == {"crop_size": 64, "mean_value": [104.0, 117.0, 123.0]}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def read_text(path: str | os.PathLike) -> str:
     if b"\x00" in data[:4096]:
         raise ParseError(f"{path}: binary data where a text prototxt was expected (is it a caffemodel?)")
     try:
-        return data.decode("utf-8")
+        # utf-8-sig: a byte order mark (as Windows editors write it) is not part of the text
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ParseError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 

@@ -188,12 +188,22 @@ def _inner_product(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
 
 @rule(
     "ReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power", "Exp", "Log", "Threshold", "Clip", "Swish",
-    "Dropout", "LRN", "MVN", "Softmax", "Split",
+    "Dropout", "LRN", "Softmax", "Split",
 )
 def _same_shape(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     if layer.type == "Softmax":
         _axis(layer.param.softmax_param.axis, len(bottoms[0]), layer)
     return LayerShapes([bottoms[0]] * len(layer.tops))
+
+
+@rule("MVN")
+def _mvn(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    # mvn_layer.cpp reshapes the top with the legacy accessors (num, channels, height, width): a bottom of
+    # fewer axes gets a 4-D top padded with 1s, and more than 4 axes is an error in Caffe.
+    shape = bottoms[0]
+    if len(shape) > 4:
+        raise ShapeError(f"layer {layer.name!r}: MVN takes at most 4 axes (Caffe's legacy shape), got {list(shape)}")
+    return LayerShapes([tuple(shape) + (1,) * (4 - len(shape))])
 
 
 @rule("PReLU")
@@ -242,18 +252,29 @@ def _bias(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.bias_param
     shape = bottoms[0]
     if len(bottoms) > 1:
+        other = bottoms[1]
+        axis = _axis(p.axis, len(shape), layer) if other else 0
+        if tuple(shape[axis : axis + len(other)]) != tuple(other):
+            raise ShapeError(
+                f"layer {layer.name!r}: bias bottom {list(other)} does not match {list(shape)} from axis {axis}"
+            )
         return LayerShapes([shape])
     return LayerShapes([shape], [_broadcast_shape(layer, shape, p.axis, p.num_axes, "bias")])
 
 
 @rule("Eltwise")
 def _eltwise(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    if len(bottoms) < 2:
+        raise ShapeError(f"layer {layer.name!r}: Eltwise needs at least 2 bottoms, got {len(bottoms)}")
     for other in bottoms[1:]:
         if other != bottoms[0]:
             raise ShapeError(f"layer {layer.name!r}: Eltwise bottoms differ in shape: {[list(b) for b in bottoms]}")
     p = layer.param.eltwise_param
     if p.coeff and len(p.coeff) != len(bottoms):
         raise ShapeError(f"layer {layer.name!r}: {len(p.coeff)} coeff values for {len(bottoms)} bottoms")
+    if p.coeff and p.operation == caffe_pb2.EltwiseParameter.PROD:
+        # eltwise_layer.cpp, LayerSetUp: "Eltwise layer only takes coefficients for summation."
+        raise ShapeError(f"layer {layer.name!r}: Eltwise PROD takes no coeff (Caffe allows them only for SUM)")
     return LayerShapes([bottoms[0]])
 
 

@@ -500,41 +500,63 @@ def normalize(
 def _deploy_view(
     layers: list[tuple[caffe_pb2.LayerParameter, int | None]], source: str, overrides: dict
 ) -> tuple[list[tuple[caffe_pb2.LayerParameter, int | None]], dict]:
-    """Data layers become the net input; loss and accuracy layers are dropped, with blobs only they used."""
-    out: list[tuple[caffe_pb2.LayerParameter, int | None]] = []
-    preprocess: dict = {}
-    dropped_blobs: set[str] = set()
+    """Data layers become the net input; loss and accuracy layers are dropped, with blobs only they used.
+
+    A data top that only the dropped layers read (``label``) is no net input, so a separate label data layer
+    (as in segmentation nets) disappears entirely and needs no shape.
+    """
+    kept: list[tuple[caffe_pb2.LayerParameter, int | None]] = []
+    # data layer -> (its tops, their shapes or None, the preprocessing it declares, where it is)
+    data: dict[int, tuple[list[str], list[tuple[int, ...]] | None, dict, str]] = {}
+    dropped_reads: set[str] = set()
     for layer, line in layers:
         where = f"{source}:{line}" if line else source
         if layer.type in DATA_LAYER_TYPES and not layer.bottom:
+            if not layer.top:
+                continue
             if layer.type == "DummyData":
                 shapes = [tuple(s.dim) for s in layer.dummy_data_param.shape]
                 if not shapes and layer.dummy_data_param.num:
                     p = layer.dummy_data_param
                     shapes = [(p.num[i], p.channels[i], p.height[i], p.width[i]) for i in range(len(p.num))]
-                tops = list(layer.top)[: max(1, len(shapes))]
+                data[id(layer)] = (list(layer.top)[: max(1, len(shapes))], shapes, {}, where)
             else:
-                shape, preprocess = _data_layer_shape(layer, where)
-                if not layer.top:
-                    continue
-                first = layer.top[0]
-                if shape is None and first not in overrides and None not in overrides:
-                    raise NetError(
-                        f"{where}: cannot tell the input shape from {layer.type} layer {layer.name!r} "
-                        "(no crop_size or size in it); pass --input-shape N,C,H,W"
-                    )
-                shapes = [shape or (0,)]
-                tops = [first]
-            dropped_blobs.update(t for t in layer.top if t not in tops)
-            new = caffe_pb2.LayerParameter(name=layer.name, type="Input")
-            new.top.extend(tops)
-            for shape in shapes:
-                new.input_param.shape.add().dim.extend(shape)
-            out.append((new, line))
+                shape, pre = _data_layer_shape(layer, where)
+                data[id(layer)] = ([layer.top[0]], None if shape is None else [shape], pre, where)
+            kept.append((layer, line))
         elif is_loss_type(layer.type) or layer.type in TRAINING_ONLY_TYPES:
-            dropped_blobs.update(layer.top)
+            dropped_reads.update(layer.bottom)
         else:
+            kept.append((layer, line))
+
+    read = {b for layer, _ in kept for b in layer.bottom}
+    out: list[tuple[caffe_pb2.LayerParameter, int | None]] = []
+    preprocess: dict = {}
+    for layer, line in kept:
+        if id(layer) not in data:
             out.append((layer, line))
+            continue
+        tops, shapes, pre, where = data[id(layer)]
+        wanted = [i for i, top in enumerate(tops) if top in read or top not in dropped_reads]
+        if not wanted:
+            continue
+        first = tops[wanted[0]]
+        if shapes is None:
+            if first not in overrides and None not in overrides:
+                raise NetError(
+                    f"{where}: cannot tell the input shape from {layer.type} layer {layer.name!r} "
+                    "(no crop_size or size in it); pass --input-shape N,C,H,W"
+                )
+            shapes = [(0,)]
+        elif len(shapes) > 1:
+            shapes = [shapes[i] for i in wanted]
+        if not preprocess:
+            preprocess = pre
+        new = caffe_pb2.LayerParameter(name=layer.name, type="Input")
+        new.top.extend(tops[i] for i in wanted)
+        for shape in shapes:
+            new.input_param.shape.add().dim.extend(shape)
+        out.append((new, line))
     return out, preprocess
 
 
