@@ -88,6 +88,8 @@ input_shape_option = click.option("--input-shape", metavar="N,C,H,W",
                                   help="Input shape, overriding the data layer's (or name=N,C,H,W;...).")
 phase_option = click.option("--phase", type=click.Choice(["test", "train"], case_sensitive=False), default="test",
                             show_default=True, help="Caffe phase whose include/exclude rules apply.")
+caffe_proto_option = click.option("--caffe-proto", type=click.Path(), metavar="PATH",
+                                  help="A Caffe fork's caffe.proto: read the files with the fork's schema.")
 provider_option = click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
                                show_default=True, help="onnxruntime execution provider.")
 
@@ -111,9 +113,11 @@ def main() -> None:
 @click.argument("caffemodel", required=False, type=click.Path())
 @input_shape_option
 @phase_option
+@caffe_proto_option
 @json_option
 @debug_option
-def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phase: str, as_json: bool) -> None:
+def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phase: str, caffe_proto: str | None,
+            as_json: bool) -> None:
     """Show each layer's shapes, parameters and MACs in Caffe's arithmetic.
 
     With a CAFFEMODEL, also check that its weights fit the net.
@@ -124,7 +128,8 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
     """
     from ninport.inspect import format_table, format_trace, inspect_net, spatial_trace
 
-    report, net, shapes = inspect_net(prototxt, caffemodel, input_shape=input_shape, phase=phase.upper())
+    report, net, shapes = inspect_net(prototxt, caffemodel, input_shape=input_shape, phase=phase.upper(),
+                                      caffe_proto=caffe_proto)
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -150,10 +155,11 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 @phase_option
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--static-batch", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
+@caffe_proto_option
 @json_option
 @debug_option
 def convert(prototxt: str, caffemodel: str, output: str | None, input_shape: str | None, phase: str, opset: int,
-            static_batch: bool, as_json: bool) -> None:
+            static_batch: bool, caffe_proto: str | None, as_json: bool) -> None:
     """Convert a Caffe model to ONNX (checked in onnxruntime) and to a PyTorch .pt file.
 
     \b
@@ -164,7 +170,7 @@ def convert(prototxt: str, caffemodel: str, output: str | None, input_shape: str
     from ninport.inspect import format_trace
 
     result = run_convert(prototxt, caffemodel, output, input_shape=input_shape, phase=phase.upper(), opset=opset,
-                         static_batch=static_batch)
+                         static_batch=static_batch, caffe_proto=caffe_proto)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return

@@ -56,6 +56,7 @@ def convert(
     opset: int = 17,
     static_batch: bool = False,
     tolerance: float = 1e-5,
+    caffe_proto: str | os.PathLike | None = None,
 ) -> ConvertResult:
     """Convert a Caffe model; write ``OUT.onnx`` and ``OUT.pt`` only when both are built and checked."""
     start = time.perf_counter()
@@ -63,10 +64,10 @@ def convert(
     from ninport.torch.build import build_module, save_pt
     from ninport.torch.registry import preflight
 
-    net = read_net(prototxt, phase=phase, input_shape=input_shape)
+    net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
     preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
     shapes = infer_shapes(net)
-    attach_weights(net, caffemodel, shapes)
+    attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
     output = os.fspath(output) if output else default_output(caffemodel)
     pt_path = os.path.splitext(output)[0] + ".pt"
     module = build_module(net, shapes)

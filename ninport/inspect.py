@@ -36,12 +36,13 @@ def inspect_net(
     caffemodel: str | os.PathLike | None = None,
     input_shape: str | Sequence[int] | None = None,
     phase: str = "TEST",
+    caffe_proto: str | os.PathLike | None = None,
 ) -> tuple[dict, Net, NetShapes]:
     """Describe a net as the JSON object ``ninport inspect --json`` prints, with the net and its shapes."""
-    net = read_net(prototxt, phase=phase, input_shape=input_shape)
+    net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
     shapes = infer_shapes(net)
     if caffemodel is not None:
-        attach_weights(net, caffemodel, shapes)
+        attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
     layers = []
     for layer in net.layers:
         ls = shapes.layers[layer.name]

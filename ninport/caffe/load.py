@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ninport.caffe import caffe_pb2
+from ninport.caffe.aliasing import share_in_place_writes
 from ninport.caffe.caffemodel import blob_is_legacy, blob_to_array, read_caffemodel
 from ninport.caffe.net import Net
 from ninport.caffe.prototxt import read_prototxt
@@ -23,12 +24,26 @@ def read_net(
     deploy: bool = True,
     level: int | None = None,
     stages: Sequence[str] | None = None,
+    caffe_proto: str | os.PathLike | None = None,
 ) -> Net:
-    """Read a prototxt of any Caffe vintage into a normalized ``Net`` (no weights)."""
+    """Read a prototxt of any Caffe vintage into a normalized ``Net`` (no weights).
+
+    ``caffe_proto`` is a Caffe fork's schema to read the file with (see ``ninport.caffe.fork``); the fields
+    it had to look at are kept in ``net.fork_fields``.
+    """
     source = os.fspath(prototxt)
-    message, blocks = read_prototxt(source, caffe_pb2.NetParameter())
-    return normalize(message, blocks, source, phase=phase, level=level, stages=stages,
-                     input_shape=input_shape, deploy=deploy)
+    fork_fields = []
+    if caffe_proto is not None:
+        from ninport.caffe.fork import read_fork_prototxt
+
+        message, blocks, fork_fields = read_fork_prototxt(source, caffe_proto)
+    else:
+        message, blocks = read_prototxt(source, caffe_pb2.NetParameter())
+    net = normalize(message, blocks, source, phase=phase, level=level, stages=stages,
+                    input_shape=input_shape, deploy=deploy)
+    net.fork_fields = fork_fields
+    share_in_place_writes(net)  # Caffe's Split/Flatten/Reshape tops share memory with their bottom
+    return net
 
 
 def weights_by_layer(model: caffe_pb2.NetParameter, source: str) -> dict[str, list[caffe_pb2.BlobProto]]:
@@ -54,10 +69,19 @@ def _fit(blob: caffe_pb2.BlobProto, expected: tuple[int, ...]) -> np.ndarray | N
     return array if tuple(array.shape) == tuple(expected) else None
 
 
-def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | None = None) -> Net:
-    """Match a caffemodel's blobs to the net's layers by name, reshape legacy dims, and check every shape."""
+def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | None = None,
+                   caffe_proto: str | os.PathLike | None = None) -> Net:
+    """Match a caffemodel's blobs to the net's layers by name, reshape legacy dims, and check every shape.
+
+    ``caffe_proto``: read the caffemodel with a Caffe fork's schema (see ``read_net``).
+    """
     source = os.fspath(caffemodel)
-    model = read_caffemodel(source)
+    if caffe_proto is not None:
+        from ninport.caffe.fork import read_fork_caffemodel
+
+        model = read_fork_caffemodel(source, caffe_proto)
+    else:
+        model = read_caffemodel(source)
     try:
         found = weights_by_layer(model, source)
     except Exception as exc:  # a decodable but nonsensical file
@@ -97,10 +121,11 @@ def load_net(
     phase: str = "TEST",
     input_shape: str | Sequence[int] | dict | None = None,
     deploy: bool = True,
+    caffe_proto: str | os.PathLike | None = None,
 ) -> tuple[Net, NetShapes]:
     """Read a prototxt (and weights, when given) into a checked ``Net`` and the shapes of all its blobs."""
-    net = read_net(prototxt, phase=phase, input_shape=input_shape, deploy=deploy)
+    net = read_net(prototxt, phase=phase, input_shape=input_shape, deploy=deploy, caffe_proto=caffe_proto)
     shapes = infer_shapes(net)
     if caffemodel is not None:
-        attach_weights(net, caffemodel, shapes)
+        attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
     return net, shapes

@@ -70,8 +70,12 @@ def read_text(path: str | os.PathLike) -> str:
         raise ParseError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
-def parse_text(text: str, message: Message, path: str = "<text>") -> Message:
-    """Parse protobuf text format into ``message``; errors become one line ``path:line:col: what``."""
+def parse_text(text: str, message: Message, path: str = "<text>", hint: bool = True) -> Message:
+    """Parse protobuf text format into ``message``; errors become one line ``path:line:col: what``.
+
+    A field or enum value the schema lacks usually comes from a Caffe fork; with ``hint`` the error says how
+    to read the file with the fork's schema.
+    """
     try:
         text_format.Parse(text, message, allow_unknown_extension=False)
     except text_format.ParseError as exc:
@@ -80,6 +84,8 @@ def parse_text(text: str, message: Message, path: str = "<text>") -> Message:
         # protobuf prefixes its message with "line:col : "; keep only the explanation.
         what = re.sub(r"^\d+:\d+\s*:\s*", "", what)
         where = f"{path}:{line}:{col}" if line else path
+        if hint and ("has no field named" in what or "has no value named" in what):
+            what += " (a field of a Caffe fork? read the file with the fork's schema: --caffe-proto PATH/caffe.proto)"
         raise ParseError(f"{where}: {what}") from None
     return message
 

@@ -149,6 +149,9 @@ def pooling_geometry(p: caffe_pb2.PoolingParameter, layer: Layer, shape: Shape) 
         raise ShapeError(f"layer {layer.name!r}: pooling kernel {kernel} and stride {stride} must be positive")
     if any(pd >= k for pd, k in zip(pad, kernel)):
         raise ShapeError(f"layer {layer.name!r}: pooling pad {pad} must be smaller than kernel {kernel}")
+    if any(pad) and p.pool == caffe_pb2.PoolingParameter.STOCHASTIC:
+        # pooling_layer.cpp, LayerSetUp: "Padding implemented only for average and max pooling."
+        raise ShapeError(f"layer {layer.name!r}: STOCHASTIC pooling takes no padding (pad {pad})")
     out = []
     for size, k, s, pd in zip((height, width), kernel, stride, pad):
         span = size + 2 * pd - k
@@ -281,6 +284,8 @@ def _eltwise(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
 @rule("Concat")
 def _concat(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.concat_param
+    if p.HasField("axis") and p.HasField("concat_dim"):
+        raise ShapeError(f"layer {layer.name!r}: Concat takes axis or concat_dim, not both")
     first = bottoms[0]
     # The legacy concat_dim counts only when axis is not given (concat_layer.cpp).
     axis = _axis(p.concat_dim if p.HasField("concat_dim") and not p.HasField("axis") else p.axis, len(first), layer)
@@ -294,11 +299,23 @@ def _concat(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     return LayerShapes([first[:axis] + (total,) + first[axis + 1 :]])
 
 
+def slice_axis(layer: Layer, shape: Shape) -> int:
+    """The axis a Slice cuts: ``slice_dim`` (legacy, never negative) or ``axis`` (slice_layer.cpp)."""
+    p = layer.param.slice_param
+    if p.HasField("slice_dim") and p.HasField("axis"):
+        raise ShapeError(f"layer {layer.name!r}: Slice takes axis or slice_dim, not both")
+    if p.HasField("slice_dim"):
+        if p.slice_dim >= len(shape):
+            raise ShapeError(f"layer {layer.name!r}: slice_dim {p.slice_dim} is out of range for {list(shape)}")
+        return int(p.slice_dim)
+    return _axis(p.axis, len(shape), layer)
+
+
 @rule("Slice")
 def _slice(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.slice_param
     shape = bottoms[0]
-    axis = _axis(p.slice_dim if p.HasField("slice_dim") and not p.HasField("axis") else p.axis, len(shape), layer)
+    axis = slice_axis(layer, shape)
     size = shape[axis]
     count = len(layer.tops)
     if p.slice_point:
@@ -332,6 +349,8 @@ def _reshape(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     start = p.axis if p.axis >= 0 else p.axis + ndim + 1
     if not 0 <= start <= ndim:
         raise ShapeError(f"layer {layer.name!r}: reshape axis {p.axis} out of range for {list(shape)}")
+    if p.num_axes < -1:
+        raise ShapeError(f"layer {layer.name!r}: reshape num_axes must be >= 0, or -1 for all; got {p.num_axes}")
     end = ndim if p.num_axes == -1 else start + p.num_axes
     if end > ndim:
         raise ShapeError(f"layer {layer.name!r}: reshape num_axes {p.num_axes} exceeds {list(shape)}")
@@ -368,6 +387,13 @@ def _crop(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
         raise ShapeError(f"layer {layer.name!r}: Crop needs two bottoms, got {len(bottoms)}")
     shape, ref = bottoms
     axis = _axis(p.axis, len(shape), layer)
+    if len(p.offset) > 1 and axis + len(p.offset) != len(shape):
+        # crop_layer.cpp, LayerSetUp: several offsets must cover exactly the axes from ``axis`` on.
+        raise ShapeError(
+            f"layer {layer.name!r}: {len(p.offset)} crop offsets for the {len(shape) - axis} axes from axis {axis}"
+        )
+    if len(ref) != len(shape):
+        raise ShapeError(f"layer {layer.name!r}: Crop bottoms {list(shape)} and {list(ref)} differ in axes")
     top = list(shape)
     for i in range(axis, len(shape)):
         offset = 0
@@ -385,10 +411,18 @@ def _crop(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
 def _argmax(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.argmax_param
     shape = bottoms[0]
+    if p.top_k < 1:
+        raise ShapeError(f"layer {layer.name!r}: ArgMax top_k must be at least 1")
     if p.HasField("axis"):
         axis = _axis(p.axis, len(shape), layer)
+        if p.top_k > shape[axis]:
+            raise ShapeError(f"layer {layer.name!r}: ArgMax top_k {p.top_k} exceeds axis {axis} of {list(shape)}")
         return LayerShapes([shape[:axis] + (p.top_k,) + shape[axis + 1 :]])
     # argmax_layer.cpp: max(num_axes, 3) axes, all 1 except N, (1 or 2) and top_k.
+    if p.top_k > _count(shape[1:]):
+        raise ShapeError(
+            f"layer {layer.name!r}: ArgMax top_k {p.top_k} exceeds the {_count(shape[1:])} values per item"
+        )
     top = [1] * max(len(shape), 3)
     top[0], top[1], top[2] = shape[0], 2 if p.out_max_val else 1, p.top_k
     return LayerShapes([tuple(top)])
@@ -406,12 +440,16 @@ def _tile(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.tile_param
     shape = bottoms[0]
     axis = _axis(p.axis, len(shape), layer)
+    if not p.HasField("tiles") or p.tiles <= 0:
+        raise ShapeError(f"layer {layer.name!r}: Tile needs a positive number of tiles")
     return LayerShapes([shape[:axis] + (shape[axis] * p.tiles,) + shape[axis + 1 :]])
 
 
 @rule("Embed")
 def _embed(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.embed_param
+    if p.num_output <= 0 or p.input_dim <= 0:
+        raise ShapeError(f"layer {layer.name!r}: Embed needs positive num_output and input_dim")
     params = [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
     return LayerShapes([bottoms[0] + (p.num_output,)], params)
 

@@ -27,9 +27,10 @@ API (also used by ``ninport train``):
 - ``digits``: no path; scikit-learn's bundled 8×8 digits (1797 images, values 0..16). The split is fixed:
   a permutation by ``numpy.random.default_rng(0)``, the first 1437 for ``train``, the last 360 for ``test``.
 
-``transform`` applies Caffe's ``transform_param`` (crop, mirror, mean file or values, scale);
-``GcnZca`` is the paper's CIFAR/SVHN preprocessing (global contrast normalization, then ZCA whitening fitted on
-the training split); ``load_dataset(..., preprocess="gcn_zca")`` fits on ``train`` and applies to ``split``.
+``Transform`` applies Caffe's ``transform_param`` (crop, mirror, mean file or values, scale);
+``GcnZca`` is the paper's CIFAR preprocessing (global contrast normalization, then ZCA whitening fitted on the
+training split, as pylearn2's make_cifar10_gcn_whitened.py); ``load_dataset(..., preprocess="gcn_zca")`` fits on
+``train`` and applies to ``split``. (For SVHN the paper used local contrast normalization, which is not here.)
 """
 
 from __future__ import annotations
@@ -413,8 +414,8 @@ def _imagenet(path: str, split: str, root: str | os.PathLike | None) -> Dataset:
         decoder = "opencv"
     except ImportError:
         decoder = "pillow"
-    return Dataset(name="imagenet", split=split, labels=label_array, source=list_file, channel_order="BGR",
-                   num_classes=1000, files=files, decoder=decoder,
+    return Dataset(name="imagenet", split="val" if split == "test" else split, labels=label_array, source=list_file,
+                   channel_order="BGR", num_classes=1000, files=files, decoder=decoder,
                    notes=[f"images resized to {IMAGENET_SIZE}×{IMAGENET_SIZE} with {decoder}, BGR"])
 
 
@@ -598,10 +599,17 @@ class GcnZca:
             raise NinportError("ZCA needs at least two training images")
         self.mean = x.mean(axis=0)
         x = x - self.mean
-        cov = x.T @ x / x.shape[0]
-        eigenvalues, eigenvectors = np.linalg.eigh(cov)
-        eigenvalues = np.clip(eigenvalues, 0.0, None)
-        self.whitener = (eigenvectors / np.sqrt(eigenvalues + self.bias)) @ eigenvectors.T
+        n, d = x.shape
+        if n >= d:
+            eigenvalues, eigenvectors = np.linalg.eigh(x.T @ x / n)
+            eigenvalues = np.clip(eigenvalues, 0.0, None)
+            self.whitener = (eigenvectors / np.sqrt(eigenvalues + self.bias)) @ eigenvectors.T
+        else:
+            # Fewer images than values per image: the covariance has rank < d. Its nonzero eigenpairs come from
+            # the thin SVD; on the rest of the space the eigenvalue is 0, so the scale there is 1/sqrt(bias).
+            _u, singular, vt = np.linalg.svd(x, full_matrices=False)
+            scales = 1.0 / np.sqrt(singular**2 / n + self.bias) - 1.0 / np.sqrt(self.bias)
+            self.whitener = (vt.T * scales) @ vt + np.eye(d) / np.sqrt(self.bias)
         return self
 
     def apply(self, images: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ def relu(ctx: LayerContext) -> nn.Module:
     return nn.LeakyReLU(slope) if slope else nn.ReLU()
 
 
-@register_layer("PReLU")
+@register_layer("PReLU", notes="channel_shared")
 def prelu(ctx: LayerContext) -> nn.Module:
     # max(x, 0) + slope[c] * min(x, 0) with c the axis-1 index (prelu_layer.cpp); channel_shared keeps one
     # slope for all channels. nn.PReLU computes exactly that and keeps the slopes as ``weight``.
@@ -102,7 +102,7 @@ class Power(nn.Module):
         return f"power={self.power}, scale={self.scale}, shift={self.shift}"
 
 
-@register_layer("Power")
+@register_layer("Power", notes="power, scale, shift")
 def power(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.power_param
     return Power(p.power, p.scale, p.shift)
@@ -137,7 +137,7 @@ def _log_base(ctx: LayerContext, base: float) -> float:
     return _f32(math.log(_f32(base)))
 
 
-@register_layer("Exp")
+@register_layer("Exp", notes="base, scale, shift")
 def exp(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.exp_param
     inner = _f32(_log_base(ctx, p.base) * _f32(p.scale))
@@ -172,7 +172,7 @@ class Log(nn.Module):
         return f"scale={self.scale}, shift={self.shift}, base_scale={self.base_scale}"
 
 
-@register_layer("Log")
+@register_layer("Log", notes="base, scale, shift")
 def log(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.log_param
     log_base = _log_base(ctx, p.base)
@@ -202,14 +202,15 @@ def threshold(ctx: LayerContext) -> nn.Module:
 
 
 class Clip(nn.Module):
-    """max(min, min(x, max)) (clip_layer.cpp)."""
+    """max(min, min(x, max)) in that order (clip_layer.cpp), so a min above max gives min everywhere, where
+    ``torch.clamp`` would give max."""
 
     def __init__(self, low: float, high: float):
         super().__init__()
         self.low, self.high = low, high
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x, self.low, self.high)
+        return torch.clamp(torch.clamp(x, max=self.high), min=self.low)
 
     def extra_repr(self) -> str:
         return f"min={self.low}, max={self.high}"
@@ -220,8 +221,6 @@ def clip(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.clip_param
     if not p.HasField("min") or not p.HasField("max"):
         raise ctx.unsupported("a clip_param without both min and max (Caffe requires them)")
-    if p.min > p.max:
-        raise ctx.unsupported(f"min {p.min:g} above max {p.max:g}")
     return Clip(p.min, p.max)
 
 
@@ -239,6 +238,6 @@ class Swish(nn.Module):
         return f"beta={self.beta}"
 
 
-@register_layer("Swish")
+@register_layer("Swish", notes="beta")
 def swish(ctx: LayerContext) -> nn.Module:
     return Swish(ctx.layer.param.swish_param.beta)

@@ -15,7 +15,8 @@ class _SharedFilters:
     mixed into the torch class so the state dict keeps torch's plain ``weight``/``bias`` names."""
 
     def forward(self, *xs: torch.Tensor):
-        outs = tuple(super().forward(x) for x in xs)
+        forward = super().forward
+        outs = tuple(forward(x) for x in xs)
         return outs[0] if len(outs) == 1 else outs
 
 
@@ -69,11 +70,17 @@ def _build(ctx: LayerContext, classes: dict) -> nn.Module:
     return module
 
 
-@register_layer("Convolution", notes="N-D (1-3 spatial axes); channels on axis 1")
+@register_layer(
+    "Convolution",
+    notes="group, dilation, pad/kernel/stride _h/_w, bias_term; 1-3 spatial axes; several bottoms share the filters",
+)
 def convolution(ctx: LayerContext) -> nn.Module:
     return _build(ctx, _CONV)
 
 
-@register_layer("Deconvolution", notes="N-D (1-3 spatial axes); channels on axis 1")
+@register_layer(
+    "Deconvolution",
+    notes="group, dilation, pad/kernel/stride _h/_w, bias_term; 1-3 spatial axes; several bottoms share the filters",
+)
 def deconvolution(ctx: LayerContext) -> nn.Module:
     return _build(ctx, _DECONV)

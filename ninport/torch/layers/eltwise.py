@@ -44,7 +44,7 @@ class Eltwise(nn.Module):
         return self.operation + (f", coeff={self.coeffs}" if self.operation == "SUM" else "")
 
 
-@register_layer("Eltwise")
+@register_layer("Eltwise", notes="PROD, SUM with coeff, MAX")
 def eltwise(ctx: LayerContext) -> nn.Module:
     # The shape rule (ninport/caffe/shapes.py) has already checked the bottom count and the coefficients.
     p = ctx.layer.param.eltwise_param

@@ -21,7 +21,7 @@ class InnerProduct(nn.Linear):
         return super().forward(x)
 
 
-@register_layer("InnerProduct")
+@register_layer("InnerProduct", notes="axis, transpose, bias_term")
 def inner_product(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.inner_product_param
     shape = ctx.bottom_shapes[0]

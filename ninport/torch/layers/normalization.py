@@ -90,7 +90,7 @@ class CaffeBatchNorm(nn.Module):
         return f"{self.channels}, eps={self.eps}, use_global_stats={self.use_global_stats}"
 
 
-@register_layer("BatchNorm")
+@register_layer("BatchNorm", notes="scale-factor blob (0 gives 0); no affine part (Caffe pairs it with Scale)")
 def batch_norm(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.batch_norm_param
     shape = ctx.bottom_shapes[0]
@@ -132,7 +132,7 @@ class MVN(nn.Module):
                 f"eps={self.eps}")
 
 
-@register_layer("MVN")
+@register_layer("MVN", notes="at most 4 axes; the top takes Caffe's legacy 4-D shape")
 def mvn(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.mvn_param
     return MVN(p.normalize_variance, p.across_channels, p.eps, len(ctx.top_shapes[0]))

@@ -4,6 +4,9 @@ Caffe rounds the output size up (unless ``round_mode: FLOOR``) and drops a last 
 right/bottom padding. MAX ignores padded cells. AVE sums the cells inside the image and divides by the window
 clipped to the *padded* input: padding counts in the divisor, the overhang past the padding does not.
 
+STOCHASTIC pooling is converted as Caffe runs it at test time (GPU only in Caffe): every window gives the
+average of its cells weighted by their own values, sum(x²) / sum(x), or 0 when that sum is not positive.
+
 Where PyTorch's and ONNX's own pooling agree with those rules the module uses them as they are (one pooling
 op in the exported graph); otherwise it pads explicitly and, for AVE, rescales by a precomputed divisor map.
 """
@@ -84,11 +87,38 @@ class CaffePool2d(nn.Module):
         return y
 
 
-@register_layer("Pooling")
+class StochasticPool2d(nn.Module):
+    """Caffe's test-time STOCHASTIC pooling (pooling_layer.cu, StoPoolForwardTest; Caffe's CPU path is
+    NOT_IMPLEMENTED). Windows start at ``o * stride`` (Caffe allows no padding here) and are clipped to the
+    input; each gives sum(x²) / sum(x), the probability-weighted average, or 0 when sum(x) <= 0."""
+
+    def __init__(self, kernel, stride, in_hw, out_hw):
+        super().__init__()
+        self.kernel, self.stride, self.out_hw = tuple(kernel), tuple(stride), tuple(out_hw)
+        # Zero cells past the input add nothing to either sum, so padding right/bottom up to the last window's
+        # end reproduces the clipping.
+        self.extra = [max(0, (o - 1) * st + k - s) for s, k, st, o in zip(in_hw, kernel, stride, out_hw)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.extra):
+            x = F.pad(x, (0, self.extra[1], 0, self.extra[0]))
+        # Both averages divide by the same window area, which cancels in the ratio.
+        total = F.avg_pool2d(x, self.kernel, self.stride)
+        squares = F.avg_pool2d(x * x, self.kernel, self.stride)
+        oh, ow = self.out_hw
+        if total.shape[-2] != oh or total.shape[-1] != ow:
+            total, squares = total[..., :oh, :ow], squares[..., :oh, :ow]
+        positive = total > 0
+        safe = torch.where(positive, total, torch.ones_like(total))
+        return torch.where(positive, squares / safe, torch.zeros_like(total))
+
+
+@register_layer(
+    "Pooling",
+    notes="MAX, AVE, STOCHASTIC (test-time weighted average), global, round_mode, _h/_w; 2-D; no MAX mask top",
+)
 def pooling(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.pooling_param
-    if p.pool == STOCHASTIC:
-        raise ctx.unsupported("STOCHASTIC pooling")
     if len(ctx.layer.tops) > 1:
         raise ctx.unsupported("a second top (the MAX pooling mask)")
     shape = ctx.bottom_shapes[0]
@@ -96,4 +126,6 @@ def pooling(ctx: LayerContext) -> nn.Module:
     for size, st, pd, o in zip(shape[2:], stride, pad, out):
         if (o - 1) * st - pd >= size:
             raise ctx.unsupported(f"a last pooling window that starts past the input ({size}, stride {st})")
+    if p.pool == STOCHASTIC:
+        return StochasticPool2d(kernel, stride, shape[2:], out)
     return CaffePool2d(p.pool, kernel, stride, pad, shape[2:], out, global_pool=p.global_pooling)

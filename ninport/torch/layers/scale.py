@@ -37,6 +37,10 @@ class Scale(nn.Module):
         return f"trailing_axes={self.trailing}"
 
 
+# Weights are reshaped to the shape Caffe's rule gives, so a scalar factor (num_axes 0) stays 0-D whatever
+# form its blob arrived in, and a module rebuilt from a state dict has the same parameter shapes.
+
+
 def _broadcast_axes(ctx: LayerContext, axis: int, factor_shape: tuple[int, ...]) -> int:
     """How many bottom axes follow the factor's axes; a factor with no axes is a scalar (Caffe then sets
     axis to 0, which changes nothing)."""
@@ -47,7 +51,7 @@ def _broadcast_axes(ctx: LayerContext, axis: int, factor_shape: tuple[int, ...])
     return ndim - start - len(factor_shape)
 
 
-@register_layer("Scale")
+@register_layer("Scale", notes="one or two bottoms; a learned factor spanning axis 0 fixes the batch size")
 def scale(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.scale_param
     params = [tuple(s) for s in ctx.shapes.params]
@@ -60,10 +64,10 @@ def scale(ctx: LayerContext) -> nn.Module:
     module = Scale(scale_shape, bias_shape, _broadcast_axes(ctx, p.axis, factor_shape))
     index = 0
     if scale_shape is not None:
-        module.weight = nn.Parameter(ctx.weight(0))
+        module.weight = nn.Parameter(ctx.weight(0).reshape(scale_shape))
         index = 1
     if bias_shape is not None:
-        module.bias = nn.Parameter(ctx.weight(index))
+        module.bias = nn.Parameter(ctx.weight(index).reshape(bias_shape))
     return module
 
 
@@ -82,12 +86,12 @@ class Bias(nn.Module):
         return f"trailing_axes={self.trailing}"
 
 
-@register_layer("Bias")
+@register_layer("Bias", notes="one or two bottoms; a learned bias spanning axis 0 fixes the batch size")
 def bias(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.bias_param
     if len(ctx.layer.bottoms) > 1:
         return Bias(None, _broadcast_axes(ctx, p.axis, tuple(ctx.bottom_shapes[1])))
     shape = tuple(ctx.shapes.params[0])
     module = Bias(shape, _broadcast_axes(ctx, p.axis, shape))
-    module.bias = nn.Parameter(ctx.weight(0))
+    module.bias = nn.Parameter(ctx.weight(0).reshape(shape))
     return module

@@ -1,10 +1,12 @@
-"""Layers that move or route data: Concat, Split, Flatten, Softmax, Dropout."""
+"""Layers that move or route data: Concat, Slice, Split, Flatten, Reshape, Crop, Tile, Softmax, Dropout,
+Silence, Parameter (Caffe's concat_layer.cpp, slice_layer.cpp, ... of the same names)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ninport.caffe.shapes import slice_axis
 from ninport.torch.registry import LayerContext, register_layer
 
 
@@ -17,7 +19,7 @@ class Concat(nn.Module):
         return torch.cat(xs, dim=self.axis)
 
 
-@register_layer("Concat")
+@register_layer("Concat", notes="axis, legacy concat_dim")
 def concat(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.concat_param
     axis = p.concat_dim if p.HasField("concat_dim") and not p.HasField("axis") else p.axis
@@ -25,17 +27,24 @@ def concat(ctx: LayerContext) -> nn.Module:
 
 
 class Split(nn.Module):
-    """Caffe's Split hands the same data to every top."""
+    """Caffe's Split hands the same data to every top.
+
+    In Caffe the tops *share memory* with the bottom (split_layer.cpp, ``ShareData``), so a layer that later
+    works in place on one top changes what the other tops hold for every layer that reads them afterwards.
+    ninport keeps one tensor per blob version and reproduces that sharing when it reads the net: a layer
+    that reads a Split top (or the Split's bottom, or another alias from Flatten/Reshape/one-top Slice) after
+    an in-place layer has modified an alias reads the modified version (see ``ninport.caffe.aliasing``).
+    """
 
     def __init__(self, count: int):
         super().__init__()
         self.count = count
 
     def forward(self, x: torch.Tensor):
-        return tuple(x for _ in range(self.count))
+        return x if self.count == 1 else tuple(x for _ in range(self.count))
 
 
-@register_layer("Split")
+@register_layer("Split", notes="tops share memory with the bottom as in Caffe: in-place writes reach later readers")
 def split(ctx: LayerContext) -> nn.Module:
     return Split(len(ctx.layer.tops))
 
@@ -49,20 +58,148 @@ class Flatten(nn.Module):
         return x.flatten(self.start, self.end)
 
 
-@register_layer("Flatten")
+@register_layer("Flatten", notes="axis, end_axis")
 def flatten(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.flatten_param
     ndim = len(ctx.bottom_shapes[0])
     return Flatten(p.axis % ndim, p.end_axis % ndim)
 
 
-@register_layer("Softmax")
+@register_layer("Softmax", notes="axis")
 def softmax(ctx: LayerContext) -> nn.Module:
     return nn.Softmax(dim=ctx.layer.param.softmax_param.axis % len(ctx.bottom_shapes[0]))
 
 
-@register_layer("Dropout")
+@register_layer("Dropout", notes="identity at inference")
 def dropout(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.dropout_param
     # Training scales kept units by 1 / (1 - ratio), as PyTorch does; at inference it is the identity.
     return nn.Dropout(p.dropout_ratio)
+
+
+class Slice(nn.Module):
+    def __init__(self, axis: int, sizes: list[int]):
+        super().__init__()
+        self.axis, self.sizes = axis, list(sizes)
+
+    def forward(self, x: torch.Tensor):
+        if len(self.sizes) == 1:
+            return x
+        return tuple(torch.split(x, self.sizes, dim=self.axis))
+
+
+@register_layer("Slice", notes="slice_point, axis, legacy slice_dim")
+def slice_layer(ctx: LayerContext) -> nn.Module:
+    axis = slice_axis(ctx.layer, ctx.bottom_shapes[0])
+    return Slice(axis, [s[axis] for s in ctx.top_shapes])
+
+
+class Reshape(nn.Module):
+    """``x.reshape(spec)``, where ``None`` in ``spec`` stands for the bottom's batch size at run time, so the
+    batch stays dynamic wherever Caffe's dims copy it (a 0 on axis 0, or axes before ``axis``) or infer it."""
+
+    def __init__(self, spec: list[int | None]):
+        super().__init__()
+        self.spec = list(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape([x.shape[0] if d is None else d for d in self.spec])
+
+
+@register_layer(
+    "Reshape",
+    notes="0 and -1 dims, axis, num_axes; the batch stays dynamic where the dims copy or infer it",
+)
+def reshape(ctx: LayerContext) -> nn.Module:
+    p = ctx.layer.param.reshape_param
+    shape = ctx.bottom_shapes[0]
+    ndim = len(shape)
+    # reshape_layer.cpp: dims replace axes [start, end); 0 copies the bottom's axis, -1 is inferred.
+    start = p.axis if p.axis >= 0 else p.axis + ndim + 1
+    end = ndim if p.num_axes == -1 else start + p.num_axes
+
+    def kept(axis: int) -> int | None:
+        return None if axis == 0 else shape[axis]
+
+    spec: list[int | None] = [kept(i) for i in range(start)]
+    for i, d in enumerate(p.shape.dim):
+        spec.append(kept(start + i) if d == 0 else int(d))
+    spec += [kept(i) for i in range(end, ndim)]
+    return Reshape(spec)
+
+
+class Crop(nn.Module):
+    """Crop the first bottom to the second's size from ``axis`` on, starting at ``offsets``."""
+
+    def __init__(self, axis: int, offsets: list[int], sizes: list[int]):
+        super().__init__()
+        self.axis, self.offsets, self.sizes = axis, list(offsets), list(sizes)
+
+    def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        index: list[slice] = [slice(None)] * self.axis
+        for i, (offset, size) in enumerate(zip(self.offsets, self.sizes)):
+            if self.axis + i == 0:
+                # The batch follows the reference at run time, as Caffe's Reshape reads bottom[1]'s shape.
+                index.append(slice(offset, offset + reference.shape[0]))
+            else:
+                index.append(slice(offset, offset + size))
+        return x[tuple(index)]
+
+
+@register_layer("Crop", notes="axis, offset (one, or one per axis); the second bottom gives the size")
+def crop(ctx: LayerContext) -> nn.Module:
+    p = ctx.layer.param.crop_param
+    shape = ctx.bottom_shapes[0]
+    axis = p.axis % len(shape)
+    offsets = []
+    for i in range(axis, len(shape)):
+        # crop_layer.cpp: one offset serves every cropped axis; several give one per axis.
+        offsets.append(p.offset[0] if len(p.offset) == 1 else p.offset[i - axis] if p.offset else 0)
+    return Crop(axis, offsets, list(ctx.top_shapes[0][axis:]))
+
+
+class Tile(nn.Module):
+    def __init__(self, repeats: list[int]):
+        super().__init__()
+        self.repeats = list(repeats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # tile_layer.cpp copies the block from ``axis`` on ``tiles`` times per outer index: torch's repeat.
+        return x.repeat(self.repeats)
+
+
+@register_layer("Tile", notes="axis, tiles")
+def tile(ctx: LayerContext) -> nn.Module:
+    p = ctx.layer.param.tile_param
+    shape = ctx.bottom_shapes[0]
+    axis = p.axis % len(shape)
+    return Tile([p.tiles if i == axis else 1 for i in range(len(shape))])
+
+
+class Silence(nn.Module):
+    """Consumes its bottoms and produces nothing (Caffe uses it to quiet unused tops)."""
+
+    def forward(self, *xs: torch.Tensor) -> tuple:
+        return ()
+
+
+@register_layer("Silence", notes="no tops")
+def silence(ctx: LayerContext) -> nn.Module:
+    return Silence()
+
+
+class Parameter(nn.Module):
+    """A learned blob as the layer's only top (parameter_layer.hpp); no bottoms."""
+
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(value)
+
+    def forward(self) -> torch.Tensor:
+        # A copy, so that no caller can change the parameter through the top (and no_grad gives a plain tensor).
+        return self.weight.clone()
+
+
+@register_layer("Parameter", notes="a learned blob as the top; fixed shape")
+def parameter(ctx: LayerContext) -> nn.Module:
+    return Parameter(ctx.weight(0))

@@ -1,0 +1,121 @@
+"""The support table: every Caffe layer type ninport knows, with its status and notes, built from the live
+registries (converters, shape rules, the deploy view), so ``ninport layers`` and docs/layers.md cannot drift."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ninport.caffe.shapes import RULES
+from ninport.caffe.upgrade import DATA_LAYER_TYPES, TRAINING_ONLY_TYPES, is_loss_type
+from ninport.torch.registry import BUILTIN_NOTES, NOTES, builtin_rule_types, converters, is_builtin
+
+# Every layer type upstream BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in
+# src/caffe/layers/*.cpp, master branch).
+UPSTREAM_TYPES = (
+    "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "Clip", "Concat",
+    "ContrastiveLoss", "Convolution", "Crop", "Data", "Deconvolution", "Dropout", "DummyData", "ELU", "Eltwise",
+    "Embed", "EuclideanLoss", "Exp", "Filter", "Flatten", "HDF5Data", "HDF5Output", "HingeLoss", "Im2col",
+    "ImageData", "InfogainLoss", "InnerProduct", "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN", "MemoryData",
+    "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "Python", "RNN", "ReLU", "Reduction",
+    "Reshape", "SPP", "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax",
+    "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile", "WindowData",
+)
+
+# Why the types ninport leaves out are left out.
+UNSUPPORTED_NOTES = {
+    "Python": "runs the author's Python code; convert it with a plugin (docs/plugins.md)",
+    "LSTM": "recurrent (unrolled over time steps by Caffe); not converted",
+    "RNN": "recurrent (unrolled over time steps by Caffe); not converted",
+    "LSTMUnit": "part of Caffe's unrolled LSTM; not converted",
+    "SPP": "spatial pyramid pooling; not converted",
+    "Im2col": "exposes convolution's internal layout; not converted",
+    "BatchReindex": "reorders the batch by a second bottom; training use",
+    "Filter": "drops batch items by a selector bottom (data-dependent shape); not converted",
+    "HDF5Output": "writes blobs to a file; dropped in the deploy view",
+}
+
+STATUSES = ("converted", "shape only", "deploy view", "unsupported")
+
+
+@dataclass
+class SupportRow:
+    type: str
+    status: str  # one of STATUSES
+    notes: str
+    source: str  # "built-in", or the module of a plugin's converter
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def support_table(include_plugins: bool = True) -> list[SupportRow]:
+    """One row per layer type: upstream Caffe's, plus every type with a converter or shape rule.
+
+    ``include_plugins=False`` describes ninport alone, as if no plugin had registered anything.
+    """
+    known = converters()
+    if include_plugins:
+        converted, ruled = set(known), set(RULES)
+        notes = {t: NOTES.get(t, "") for t in known}
+    else:
+        converted, ruled = set(BUILTIN_NOTES), builtin_rule_types()
+        notes = dict(BUILTIN_NOTES)
+    rows = []
+    for layer_type in sorted(set(UPSTREAM_TYPES) | converted | ruled, key=str.lower):
+        row = _row(layer_type, layer_type in converted, layer_type in ruled, notes.get(layer_type, ""))
+        if include_plugins and layer_type in known and not is_builtin(layer_type):
+            row.source = getattr(known[layer_type], "__module__", None) or "plugin"
+        rows.append(row)
+    return rows
+
+
+def _row(layer_type: str, has_converter: bool, has_rule: bool, notes: str) -> SupportRow:
+    if layer_type == "Input":
+        return SupportRow(layer_type, "converted", "the net's inputs; also net-level input/input_dim/input_shape",
+                          "built-in")
+    if has_converter and has_rule:
+        return SupportRow(layer_type, "converted", notes, "built-in")
+    if layer_type in DATA_LAYER_TYPES:
+        return SupportRow(layer_type, "deploy view",
+                          "becomes the net's Input (shape from crop_size, new_height/new_width or --input-shape)",
+                          "built-in")
+    if is_loss_type(layer_type) or layer_type in TRAINING_ONLY_TYPES:
+        return SupportRow(layer_type, "deploy view", "training only: dropped with the blobs only it reads",
+                          "built-in")
+    if has_rule:
+        return SupportRow(layer_type, "shape only", "`inspect` computes its shapes; no converter", "built-in")
+    if has_converter:
+        return SupportRow(layer_type, "unsupported", "a converter without a shape rule", "built-in")
+    return SupportRow(layer_type, "unsupported", UNSUPPORTED_NOTES.get(layer_type, "not converted"), "built-in")
+
+
+def format_markdown(rows: list[SupportRow]) -> str:
+    """The table as docs/layers.md holds it (``ninport layers --markdown``)."""
+    counts = {s: sum(r.status == s for r in rows) for s in STATUSES}
+    lines = [
+        "# Caffe layer support",
+        "",
+        "Generated by `ninport layers --markdown` from ninport's registries; a test checks this file against",
+        "them. **converted**: torch module, ONNX export and shape rule; **shape only**: `ninport inspect` computes",
+        "its shapes, conversion stops with an error naming the layer; **deploy view**: data and training-only",
+        "layers, which the deploy view of a train_val net replaces or drops; **unsupported**: listed, with every",
+        "such layer, in one error before anything is built. Custom types: see [plugins](plugins.md).",
+        "",
+        "Totals: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES) + ".",
+        "",
+        "| type | status | notes |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        notes = r.notes + ("" if r.source == "built-in" else f" (plugin: {r.source})")
+        lines.append(f"| {r.type} | {r.status} | {notes.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_text(rows: list[SupportRow]) -> str:
+    width = max(len(r.type) for r in rows)
+    out = []
+    for r in rows:
+        notes = r.notes + ("" if r.source == "built-in" else f" (plugin: {r.source})")
+        out.append(f"{r.type:<{width}}  {r.status:<11}  {notes}".rstrip())
+    return "\n".join(out)
