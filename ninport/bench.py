@@ -411,29 +411,49 @@ def run_bench(
         raise NinportError(f"batch sizes must be positive, got {list(batches)}")
     if repeat < 1:
         raise NinportError(f"--repeat must be at least 1, got {repeat}")
-    say = progress or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="ninport-bench-") as workdir:
         bench_model = prepare_model(model, caffemodel, workdir, input_shape=input_shape)
-        runners: dict[str, Runner] = {}
-        skipped: dict[str, str] = {}
-        for name in runtimes:
-            try:
-                runners[name] = RUNNERS[name](bench_model, threads)
-            except RuntimeUnavailableError as exc:
-                skipped[name] = str(exc)
-            except Exception as exc:  # a runtime that cannot load this model is reported, not fatal
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                skipped[name] = f"cannot load the model: {first}"
-        if not runners:
-            raise RuntimeUnavailableError(f"no runtime could run the model: {skipped}")
-        gemm = GemmPeak(threads, gemm_size)
+        report = bench_prepared(bench_model, batches=batches, threads=threads, runtimes=runtimes, repeat=repeat,
+                                warmup=warmup, gemm_size=gemm_size, settle=settle, progress=progress)
+    report["model"] = os.fspath(model)
+    report["caffemodel"] = os.fspath(caffemodel) if caffemodel else None
+    return report
+
+
+def bench_prepared(
+    bench_model: BenchModel,
+    batches: Sequence[int] = (1, 16),
+    threads: int | None = None,
+    runtimes: Sequence[str] = RUNTIMES,
+    repeat: int = 20,
+    warmup: int = 2,
+    gemm_size: int = DEFAULT_GEMM_SIZE,
+    settle: float = 0.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """``run_bench`` on a model already prepared (e.g. the files ``ninport convert`` wrote)."""
+    threads = threads or os.cpu_count() or 1
+    say = progress or (lambda _msg: None)
+    runners: dict[str, Runner] = {}
+    skipped: dict[str, str] = {}
+    for name in runtimes:
         try:
-            results, peaks = _measure(bench_model, runners, gemm, batches, repeat, warmup, settle, say)
-        finally:
-            gemm.close()
+            runners[name] = RUNNERS[name](bench_model, threads)
+        except RuntimeUnavailableError as exc:
+            skipped[name] = str(exc)
+        except Exception as exc:  # a runtime that cannot load this model is reported, not fatal
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            skipped[name] = f"cannot load the model: {first}"
+    if not runners:
+        raise RuntimeUnavailableError(f"no runtime could run the model: {skipped}")
+    gemm = GemmPeak(threads, gemm_size)
+    try:
+        results, peaks = _measure(bench_model, runners, gemm, batches, repeat, warmup, settle, say)
+    finally:
+        gemm.close()
     return {
-        "model": os.fspath(model),
-        "caffemodel": os.fspath(caffemodel) if caffemodel else None,
+        "model": bench_model.onnx_path,
+        "caffemodel": bench_model.caffemodel,
         "threads": threads,
         "repeat": repeat,
         "flops_per_image": bench_model.flops_per_image,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ninport.errors import NinportError, ParseError, RuntimeUnavailableError
+from ninport.onnx.float16 import FP16_RTOL
 
 _CHUNK = 1 << 20
 RUNTIMES = ("onnxruntime", "onnxruntime-cuda", "openvino", "opencv-onnx")
@@ -27,9 +28,6 @@ DEFAULT_RTOL = 1e-5
 # The seeded input keeps the net's item shape but at most this batch: two items still catch a layer that
 # mixes the batch axis, and a train_val net's batch (NiN's is 89) would hold gigabytes of blobs per backend.
 SEEDED_MAX_BATCH = 2
-# float16 keeps 11 significant bits (unit roundoff 4.9e-4); NiN's output lands about 5e-4 from float32,
-# so 1e-2 leaves room for deeper nets while still catching a wrong layer (those are off by whole percents).
-FP16_RTOL = 1e-2
 INSTALL = {
     "opencv": "pip install 'ninport[opencv]'",
     "opencv-onnx": "pip install 'ninport[opencv]'",
@@ -515,7 +513,7 @@ def _reference_kind(reference: str | None) -> tuple[str | None, bool]:
 def verify(
     prototxt: str | os.PathLike,
     caffemodel: str | os.PathLike,
-    input: str | os.PathLike | None = None,  # noqa: A002  (the CLI's --input)
+    input: str | os.PathLike | np.ndarray | dict | None = None,  # noqa: A002  (the CLI's --input)
     reference: str | os.PathLike | None = "auto",
     onnx_path: str | os.PathLike | None = None,
     runtimes: str | Sequence[str] | None = None,
@@ -532,6 +530,7 @@ def verify(
 ) -> VerifyReport:
     """Run one input through every backend and compare every blob (see the module docstring).
 
+    ``input``: a path (``.npy``, ``.npz`` keyed by input name, or an image), an array, or a dict of arrays.
     ``reference``: ``"auto"`` (OpenCV when installed, else none), ``"opencv"``, a ``.npz`` of blobs keyed by
     Caffe blob name (pycaffe's ``{k: v.data for k, v in net.blobs.items()}``; its input blobs are used as the
     input when ``input`` is not given), or ``None``. ``runtimes``: names from ``RUNTIMES`` (``None`` = all of
@@ -575,7 +574,14 @@ def verify(
     preflight(net)
     input_names = list(net.inputs)
     feeds: dict[str, np.ndarray] | None = None
-    if input is not None:
+    if isinstance(input, np.ndarray | dict):
+        arrays = input if isinstance(input, dict) else {input_names[0]: input} if len(input_names) == 1 else None
+        if arrays is None or any(n not in arrays for n in input_names):
+            raise NinportError(f"the net has inputs {input_names}: give a dict of arrays keyed by those names")
+        feeds = {n: np.asarray(arrays[n], dtype=np.float32) for n in input_names}
+        feeds = {n: a[None] if a.ndim == len(net.inputs[n]) - 1 else a for n, a in feeds.items()}
+        input_desc = "arrays given by the caller"
+    elif input is not None:
         feeds = read_input(os.fspath(input), input_names, dict(net.inputs), _preprocess_metadata(net), warn)
         input_desc = os.fspath(input)
     elif ref_blobs and all(n in ref_blobs for n in input_names):
@@ -717,11 +723,11 @@ def _run_runtimes(report: VerifyReport, module, onnx_path, names, named: bool, f
     say("ONNX export" if onnx_path is None else f"ONNX file {onnx_path}")
     try:
         model, half, converted = _load_onnx(module, onnx_path, fp16)
-    except NinportError as exc:
+    except Exception as exc:
         if onnx_path is not None:
             raise
         # ninport's own export failing fails the verdict whichever runtimes were asked for.
-        report.backends.append(BackendStatus("onnx export", "failed", str(exc), required=True))
+        report.backends.append(BackendStatus("onnx export", "failed", _error_text(exc), required=True))
         return
     report.fp16 = half
     tolerance = report.fp16_tolerance if half else report.tolerance
@@ -729,12 +735,22 @@ def _run_runtimes(report: VerifyReport, module, onnx_path, names, named: bool, f
     tensors = blob_tensors(model, versions)
     missing = [b for b in versions if b not in tensors]
     if missing:
-        report.notes.append(f"{len(missing)} blob version(s) have no tensor in the ONNX graph and were compared "
-                            f"only where they are outputs: {', '.join(missing[:5])}" + ("…" if len(missing) > 5
-                                                                                         else ""))
+        report.notes.append(f"{len(missing)} blob version(s) have no tensor of their name in the ONNX graph and "
+                            f"were not compared on the runtimes: {', '.join(missing[:5])}"
+                            + ("…" if len(missing) > 5 else ""))
     graph_outputs = [o.name for o in model.graph.output]
     output_blobs = {b: t for b, t in tensors.items() if t in graph_outputs}
     input_names = {i.name for i in model.graph.input}
+    for graph_input in model.graph.input:
+        if graph_input.name not in feeds:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+        have = feeds[graph_input.name].shape
+        if len(dims) != len(have) or any(d is not None and d != h for d, h in zip(dims, have)):
+            where = onnx_path or "the exported model"
+            shown = ",".join("?" if d is None else str(d) for d in dims)
+            raise NinportError(f"{where}: input {graph_input.name!r} has shape {shown}, the input given is "
+                               f"{','.join(map(str, have))}; pass --input-shape to match the file")
     # Feed each graph input in its declared type (a float16 file made elsewhere may take float16).
     onnx_feeds = {i.name: feeds[i.name].astype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
                                                copy=False)
@@ -751,7 +767,8 @@ def _run_runtimes(report: VerifyReport, module, onnx_path, names, named: bool, f
             runner, why = _make_runtime(name)
             backend = name + suffix
             if runner is None:
-                report.backends.append(BackendStatus(backend, "unavailable", why, named and name != "onnxruntime-cuda"))
+                # (a runtime named explicitly was checked for at the start; CUDA absent is never a failure)
+                report.backends.append(BackendStatus(backend, "unavailable", why))
                 continue
             say(backend)
             # The file as shipped gives the outputs: a runtime optimizes it differently from the copy, whose

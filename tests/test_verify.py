@@ -242,7 +242,7 @@ def test_perturbed_layer_is_first_divergence(tmp_path, nin_prototxt, nin_weights
     assert all(r.ok for r in report.rows if r.backend == "onnxruntime")
 
 
-def test_corrupted_onnx_weight_is_named(tmp_path, nin_module, nin_prototxt, nin_weights_v1):
+def test_corrupted_onnx_weight_is_named(tmp_path, nin_module, nin_prototxt, nin_weights_v1, nin_x):
     from ninport.onnx.export import to_onnx_bytes
 
     model = onnx.load_from_string(to_onnx_bytes(nin_module))
@@ -251,8 +251,9 @@ def test_corrupted_onnx_weight_is_named(tmp_path, nin_module, nin_prototxt, nin_
     path = tmp_path / "corrupt.onnx"
     onnx.save(model, path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    report = verify(nin_prototxt, nin_weights_v1, input_shape=NIN_SHAPE, reference=None, onnx_path=path,
+    report = verify(nin_prototxt, nin_weights_v1, input=nin_x[0], reference=None, onnx_path=path,
                     runtimes=["onnxruntime"])
+    assert report.input == "arrays given by the caller"
     first = report.first_divergence
     assert (first.blob, first.layer, first.backend) == ("cccp5@cccp5", "cccp5", "onnxruntime")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # the user's file is only read

@@ -7,7 +7,11 @@ times, interleaved run by run, `cat FILE > /dev/null` (the disk/page-cache floor
 (`read_caffemodel` + `blob_to_array` per blob) and the wire path (`ninport.caffe.wire.read_weights` +
 `to_array`). Each reader runs in its own process and reports its peak RSS (`resource.getrusage`) and its
 time from the call to every array being resident (one byte per page touched). Both readers' arrays are
-checksummed after the timing, so the tool also shows that they read the same numbers.
+checksummed after the timing, so the tool also shows that they read the same numbers. With the page cache
+warm (the file was just written) and cold (its pages dropped with posix_fadvise DONTNEED before each run).
+
+This process stays small (it never loads the model): Linux carries a parent's peak RSS into the
+``ru_maxrss`` of a child it forks, so the children must come from a small parent to measure their own.
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ if how == "protobuf":
     from ninport.caffe.load import weights_by_layer
 else:
     from ninport.caffe.wire import read_weights
+def hwm():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
 base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
 if how == "protobuf":
@@ -79,9 +89,28 @@ for blobs in arrays.values():
         touched += int(flat[::4096].sum()) + int(flat[-1])  # one byte per page: every page resident
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+vm_hwm = hwm()
 sums = {name: [float(np.sum(a, dtype=np.float64)) for a in blobs] for name, blobs in arrays.items()}
-print(json.dumps({"seconds": seconds, "peak_rss": peak, "base_rss": base_rss, "sums": sums, "touched": touched}))
+print(json.dumps({"seconds": seconds, "peak_rss": peak, "base_rss": base_rss, "vm_hwm": vm_hwm, "sums": sums}))
 """
+
+_WRITER = r"""
+import sys
+from ninport.caffe.load import read_net
+from ninport.caffe.seeded import write_seeded_caffemodel
+net = write_seeded_caffemodel(read_net(sys.argv[1]), sys.argv[2], layout=sys.argv[3], seed=0)
+print(net.param_count())
+"""
+
+
+def drop_from_page_cache(path: str) -> None:
+    """Evict this one file's pages (not the whole machine's cache), so the next read comes from the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def run_reader(path: str, how: str) -> dict:
@@ -97,15 +126,50 @@ def run_cat(path: str) -> float:
     return time.perf_counter() - start
 
 
+def measure(caffemodel: str, size: int, cache: str, runs: int, layout: str) -> bool:
+    if cache == "warm":
+        run_cat(caffemodel)  # every path below reads from memory alike
+    times: dict[str, list[float]] = {"cat": [], "protobuf": [], "wire": []}
+    rss: dict[str, list[int]] = {"protobuf": [], "wire": []}
+    hwm: dict[str, list[int]] = {"protobuf": [], "wire": []}
+    base: dict[str, list[int]] = {"protobuf": [], "wire": []}
+    sums = {}
+    for run in range(runs):
+        order = ["cat", "protobuf", "wire"]
+        for how in order[run % 3:] + order[: run % 3]:
+            if cache == "cold":
+                drop_from_page_cache(caffemodel)
+            if how == "cat":
+                times["cat"].append(run_cat(caffemodel))
+                continue
+            result = run_reader(caffemodel, how)
+            times[how].append(result["seconds"])
+            rss[how].append(result["peak_rss"])
+            hwm[how].append(result["vm_hwm"])
+            base[how].append(result["base_rss"])
+            sums[how] = result["sums"]
+    same = sums["protobuf"] == sums["wire"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{cache} page cache: {size / 1e6:.1f} MB file ({layout} layout), {runs} interleaved runs, medians:")
+    print(f"  cat FILE > /dev/null  {med['cat']:7.3f} s")
+    for how in ("protobuf", "wire"):
+        peak = statistics.median(rss[how])
+        before = statistics.median(base[how])
+        print(f"  {how:<21} {med[how]:7.3f} s = {med[how] / med['cat']:5.2f}× cat;  peak RSS {peak / 1e6:7.1f} MB "
+              f"= {peak / size:4.2f}× file (VmHWM {statistics.median(hwm[how]) / 1e6:.1f} MB; "
+              f"{before / 1e6:.0f} MB before reading)")
+    print(f"  wire vs protobuf: {med['protobuf'] / med['wire']:.1f}× faster, "
+          f"{statistics.median(rss['protobuf']) / statistics.median(rss['wire']):.1f}× less peak memory; "
+          f"same numbers (per-blob float64 sums): {'yes' if same else 'NO'}")
+    return same
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="interleaved runs of each (default 5)")
     parser.add_argument("--layout", choices=["v1", "v2"], default="v2")
     parser.add_argument("--keep", metavar="DIR", help="write the caffemodel here and keep it (default: a temp dir)")
     args = parser.parse_args(argv)
-
-    from ninport.caffe.load import read_net
-    from ninport.caffe.seeded import write_seeded_caffemodel
 
     workdir = args.keep or tempfile.mkdtemp(prefix="ninport-bench-load-")
     os.makedirs(workdir, exist_ok=True)
@@ -116,39 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             f.write(vgg16_prototxt())
         if not os.path.exists(caffemodel):
             start = time.perf_counter()
-            net = write_seeded_caffemodel(read_net(prototxt), caffemodel, layout=args.layout, seed=0)
-            print(f"wrote {caffemodel}: {net.param_count():,} parameters in {time.perf_counter() - start:.1f} s")
+            params = subprocess.run([sys.executable, "-c", _WRITER, prototxt, caffemodel, args.layout],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+            print(f"wrote {caffemodel}: {int(params):,} parameters in {time.perf_counter() - start:.1f} s")
         size = os.path.getsize(caffemodel)
-        run_cat(caffemodel)  # warm the page cache: every path below reads from memory alike
-        times: dict[str, list[float]] = {"cat": [], "protobuf": [], "wire": []}
-        rss: dict[str, list[int]] = {"protobuf": [], "wire": []}
-        base: dict[str, list[int]] = {"protobuf": [], "wire": []}
-        sums = {}
-        for run in range(args.runs):
-            order = ["cat", "protobuf", "wire"]
-            order = order[run % 3:] + order[: run % 3]
-            for how in order:
-                if how == "cat":
-                    times["cat"].append(run_cat(caffemodel))
-                    continue
-                result = run_reader(caffemodel, how)
-                times[how].append(result["seconds"])
-                rss[how].append(result["peak_rss"])
-                base[how].append(result["base_rss"])
-                sums[how] = result["sums"]
-        same = sums["protobuf"] == sums["wire"]
-        med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"file: {size / 1e6:.1f} MB ({args.layout} layout), {args.runs} interleaved runs, medians:")
-        print(f"  cat FILE > /dev/null  {med['cat']:7.3f} s")
-        for how in ("protobuf", "wire"):
-            peak = statistics.median(rss[how])
-            before = statistics.median(base[how])
-            print(f"  {how:<21} {med[how]:7.3f} s = {med[how] / med['cat']:5.2f}× cat;  peak RSS {peak / 1e6:7.1f} MB "
-                  f"= {peak / size:4.2f}× file ({before / 1e6:.0f} MB before reading, "
-                  f"+{(peak - before) / size:4.2f}× file)")
-        print(f"  wire vs protobuf: {med['protobuf'] / med['wire']:.1f}× faster, "
-              f"{statistics.median(rss['protobuf']) / statistics.median(rss['wire']):.1f}× less peak memory")
-        print(f"  same numbers in both (per-blob float64 sums): {'yes' if same else 'NO'}")
+        same = True
+        for cache in ("warm", "cold"):
+            same &= measure(caffemodel, size, cache, args.runs, args.layout)
         return 0 if same else 1
     finally:
         if not args.keep:

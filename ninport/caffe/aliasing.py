@@ -133,10 +133,20 @@ def share_in_place_writes(net: Net, shapes: Callable[[], dict[str, Shape]] | Non
             produced[top] = len(out)
         out.append(layer)
     # A shared blob that is a net output ends holding the last write, as Caffe's blob does.
-    for version in sorted(outputs_before, key=lambda v: produced.get(v, -1)):
+    outputs_in_order = sorted(outputs_before, key=lambda v: produced.get(v, -1))
+    for version in outputs_in_order:
         current(version, None)
     if not added:
         return 0
+    # An output the identity layers now read would stop being an output: give it again, at the end.
+    read = {b for layer in out for b in layer.bottoms}
+    for version in outputs_in_order:
+        if version in read:
+            caffe = caffe_of[version]
+            again = _identity_layer(f"{caffe}@output", version, caffe, caffe, None, None)
+            caffe_of[again.tops[0]] = caffe
+            out.append(again)
+            added.append(again)
 
     # Alias versions the rewiring left unread are dropped (a Split loses that top; a one-top view, the layer),
     # so they do not turn into net outputs.

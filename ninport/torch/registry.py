@@ -72,7 +72,7 @@ def _ensure_builtins() -> None:
 
 
 def _builtin_fn(fn) -> bool:
-    return getattr(fn, "__module__", "").startswith("ninport.torch.layers.")
+    return (getattr(fn, "__module__", None) or "").startswith("ninport.torch.layers.")
 
 
 def is_builtin(layer_type: str) -> bool:

@@ -131,18 +131,16 @@ def reshape(ctx: LayerContext) -> nn.Module:
 class Crop(nn.Module):
     """Crop the first bottom to the second's size from ``axis`` on, starting at ``offsets``."""
 
-    def __init__(self, axis: int, offsets: list[int], sizes: list[int]):
+    def __init__(self, axis: int, offsets: list[int]):
         super().__init__()
-        self.axis, self.offsets, self.sizes = axis, list(offsets), list(sizes)
+        self.axis, self.offsets = axis, list(offsets)
 
     def forward(self, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        # The sizes come from the second bottom at run time, as crop_layer.cpp's Reshape reads them (and so
+        # the exported graph keeps that input).
         index: list[slice] = [slice(None)] * self.axis
-        for i, (offset, size) in enumerate(zip(self.offsets, self.sizes)):
-            if self.axis + i == 0:
-                # The batch follows the reference at run time, as Caffe's Reshape reads bottom[1]'s shape.
-                index.append(slice(offset, offset + reference.shape[0]))
-            else:
-                index.append(slice(offset, offset + size))
+        for i, offset in enumerate(self.offsets):
+            index.append(slice(offset, offset + reference.shape[self.axis + i]))
         return x[tuple(index)]
 
 
@@ -155,7 +153,7 @@ def crop(ctx: LayerContext) -> nn.Module:
     for i in range(axis, len(shape)):
         # crop_layer.cpp: one offset serves every cropped axis; several give one per axis.
         offsets.append(p.offset[0] if len(p.offset) == 1 else p.offset[i - axis] if p.offset else 0)
-    return Crop(axis, offsets, list(ctx.top_shapes[0][axis:]))
+    return Crop(axis, offsets)
 
 
 class Tile(nn.Module):
