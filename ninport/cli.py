@@ -155,11 +155,16 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 @phase_option
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--static-batch", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
+@click.option("--fp16", is_flag=True, help="Write float16 weights (float32 inputs and outputs).")
+@click.option("--verify", "run_verify", is_flag=True,
+              help="Afterwards, compare every blob across torch, the ONNX file and OpenCV (see `ninport verify`).")
 @caffe_proto_option
 @json_option
 @debug_option
-def convert(prototxt: str, caffemodel: str, output: str | None, input_shape: str | None, phase: str, opset: int,
-            static_batch: bool, caffe_proto: str | None, as_json: bool) -> None:
+@click.pass_context
+def convert(ctx: click.Context, prototxt: str, caffemodel: str, output: str | None, input_shape: str | None,
+            phase: str, opset: int, static_batch: bool, fp16: bool, run_verify: bool, caffe_proto: str | None,
+            as_json: bool) -> None:
     """Convert a Caffe model to ONNX (checked in onnxruntime) and to a PyTorch .pt file.
 
     \b
@@ -167,13 +172,29 @@ def convert(prototxt: str, caffemodel: str, output: str | None, input_shape: str
       ninport convert train_val.prototxt nin_imagenet.caffemodel -o nin.onnx
     """
     from ninport.convert import convert as run_convert
-    from ninport.inspect import format_trace
 
     result = run_convert(prototxt, caffemodel, output, input_shape=input_shape, phase=phase.upper(), opset=opset,
-                         static_batch=static_batch, caffe_proto=caffe_proto)
+                         static_batch=static_batch, caffe_proto=caffe_proto, fp16=fp16)
+    report = None
+    if run_verify:
+        from ninport.verify import verify as verify_net
+
+        report = verify_net(prototxt, caffemodel, onnx_path=result.onnx_path, input_shape=input_shape,
+                            phase=phase.upper(), caffe_proto=caffe_proto)
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
-        return
+        out = result.as_dict()
+        if report is not None:
+            out["verify"] = report.as_dict()
+        click.echo(json.dumps(out))
+    else:
+        _print_convert(result, report)
+    if report is not None and not report.ok:
+        ctx.exit(1)
+
+
+def _print_convert(result, report) -> None:
+    from ninport.inspect import format_trace
+
     inputs = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in result.inputs.items())
     click.echo(f"input: {inputs} ({'dynamic' if result.dynamic_batch else 'static'} batch)")
     click.echo(f"spatial trace: {format_trace(result.trace)}")
@@ -181,7 +202,13 @@ def convert(prototxt: str, caffemodel: str, output: str | None, input_shape: str
     for p in result.parity:
         click.echo(f"parity onnxruntime vs torch, {p.blob} at batch {p.batch}: max abs {p.max_abs:.3g}, "
                    f"relative {p.rel:.3g}")
-    click.echo(f"wrote {result.onnx_path} (opset {result.opset}) and {result.pt_path} in {result.seconds:.2f} s")
+    precision = "float16" if result.fp16 else "float32"
+    click.echo(f"wrote {result.onnx_path} (opset {result.opset}, {precision}) and {result.pt_path} "
+               f"in {result.seconds:.2f} s")
+    if report is not None:
+        from ninport.verify import format_report
+
+        click.echo(format_report(report))
 
 
 def _floats(text: str | None) -> list[float] | None:

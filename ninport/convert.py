@@ -25,6 +25,7 @@ class ConvertResult:
     seconds: float = 0.0
     opset: int = 17
     dynamic_batch: bool = True
+    fp16: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -39,6 +40,7 @@ class ConvertResult:
             "seconds": round(self.seconds, 3),
             "opset": self.opset,
             "dynamic_batch": self.dynamic_batch,
+            "fp16": self.fp16,
         }
 
 
@@ -57,6 +59,7 @@ def convert(
     static_batch: bool = False,
     tolerance: float = 1e-5,
     caffe_proto: str | os.PathLike | None = None,
+    fp16: bool = False,
 ) -> ConvertResult:
     """Convert a Caffe model; write ``OUT.onnx`` and ``OUT.pt`` only when both are built and checked."""
     start = time.perf_counter()
@@ -76,6 +79,8 @@ def convert(
     hidden = os.path.join(os.path.dirname(output) or ".", f".{os.path.basename(output)}.ninport-tmp")
     try:
         result = export_onnx(module, hidden, opset=opset, dynamic_batch=not static_batch, tolerance=tolerance)
+        if fp16:
+            result.parity = _to_float16(module, hidden, static_batch)
         save_pt(module, pt_path)
         os.replace(hidden, output)
     finally:
@@ -93,4 +98,21 @@ def convert(
         seconds=time.perf_counter() - start,
         opset=opset,
         dynamic_batch=not static_batch,
+        fp16=fp16,
     )
+
+
+def _to_float16(module, path: str, static_batch: bool) -> list:
+    """Rewrite the checked float32 file at ``path`` as float16 (float32 at the inputs and outputs), after
+    checking the half-precision graph against the torch module at a tolerance suited to float16."""
+    import onnx
+
+    from ninport.caffe.caffemodel import atomic_write_bytes
+    from ninport.onnx.export import check_parity
+    from ninport.onnx.float16 import FP16_RTOL, to_float16
+
+    half = to_float16(onnx.load(path)).SerializeToString()
+    declared = next(iter(module.input_shapes.values()))[0] if module.input_shapes else 1
+    parity = check_parity(module, half, (declared,) if static_batch else (1, 2), FP16_RTOL)
+    atomic_write_bytes(path, half)
+    return parity

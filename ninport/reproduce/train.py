@@ -554,6 +554,7 @@ class Trainer:
         self.smoothed = 0.0
         self.last_test: list[dict] = []
         self.snapshots: list[tuple[str, str]] = []
+        self.warned = False
 
     # -- set-up ------------------------------------------------------------------------------------------
 
@@ -622,7 +623,7 @@ class Trainer:
                 test.blobs = learnable_blobs(test)
                 fill_blobs(test, test.blobs, rng)
                 self.tests.append(test)
-        for models in self.config.weights:
+        for models in list(self.param.weights) + list(self.config.weights):
             for name in models.split(","):
                 path = self.resolve(name.strip())
                 if copy_weights(self.train.blobs, path) == 0:
@@ -745,6 +746,9 @@ class Trainer:
             for k, v in values.items():
                 outputs[k] = outputs.get(k, 0.0) + v / iter_size
         loss = loss_sum / iter_size
+        if not math.isfinite(loss) and not self.warned and self.rank == 0:
+            self.warned = True
+            print(f"warning: the loss is {loss} at iteration {it} (a learning rate too high?)", file=sys.stderr)
         self._update_smoothed(loss, it)
         return loss, outputs
 
