@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ninport.caffe.load import attach_weights, read_net
@@ -44,6 +44,35 @@ class ConvertResult:
         }
 
 
+def _hash_in_background(prototxt, caffemodel) -> Callable[[], dict[str, str]]:
+    """Start hashing the source files (the ONNX metadata records their sha256); the returned function waits
+    for the digests. hashlib and file reads release the GIL, so this overlaps the torch import for free."""
+    import hashlib
+    import threading
+
+    digests: dict[str, str] = {}
+
+    def work() -> None:
+        for key, path in (("caffe_prototxt_sha256", prototxt), ("caffe_caffemodel_sha256", caffemodel)):
+            try:
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda f=f: f.read(1 << 22), b""):
+                        digest.update(chunk)
+                digests[key] = digest.hexdigest()
+            except OSError:  # a missing file is reported by the reader, in its own words
+                pass
+
+    thread = threading.Thread(target=work, name="ninport-hash", daemon=True)
+    thread.start()
+
+    def wait() -> dict[str, str]:
+        thread.join()
+        return dict(digests)
+
+    return wait
+
+
 def default_output(caffemodel: str | os.PathLike) -> str:
     stem = os.path.splitext(os.path.basename(os.fspath(caffemodel)))[0]
     return f"{stem}.onnx"
@@ -63,7 +92,13 @@ def convert(
 ) -> ConvertResult:
     """Convert a Caffe model; write ``OUT.onnx`` and ``OUT.pt`` only when both are built and checked."""
     start = time.perf_counter()
-    from ninport.onnx.export import export_onnx
+    # Two cores against one import floor: a helper process imports onnx and onnxruntime (and later checks the
+    # ONNX file) and a thread hashes the source files for the metadata, while this process imports torch.
+    from ninport.onnx.runtime import start_check_worker
+
+    worker = start_check_worker()
+    digests = _hash_in_background(prototxt, caffemodel)
+    from ninport.onnx.export import start_export
     from ninport.torch.build import build_module, save_pt
     from ninport.torch.registry import preflight
 
@@ -77,15 +112,22 @@ def convert(
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     # Export to a hidden name first so that a failing .pt write leaves no lone .onnx behind.
     hidden = os.path.join(os.path.dirname(output) or ".", f".{os.path.basename(output)}.ninport-tmp")
+    hidden_pt = f"{hidden}.pt"
     try:
-        result = export_onnx(module, hidden, opset=opset, dynamic_batch=not static_batch, tolerance=tolerance)
+        pending = start_export(module, hidden, opset=opset, dynamic_batch=not static_batch, tolerance=tolerance,
+                               metadata=digests(), worker=worker)
+        save_pt(module, hidden_pt)  # while the helper checks the ONNX file and runs it in onnxruntime
+        result = pending.finish()
         if fp16:
             result.parity = _to_float16(module, hidden, static_batch)
-        save_pt(module, pt_path)
+        os.replace(hidden_pt, pt_path)
         os.replace(hidden, output)
     finally:
-        if os.path.exists(hidden):
-            os.unlink(hidden)
+        for leftover in (hidden, hidden_pt):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        if worker is not None:
+            worker.close()
     return ConvertResult(
         onnx_path=output,
         pt_path=pt_path,

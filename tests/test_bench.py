@@ -226,3 +226,78 @@ def test_bench_bad_options_are_one_line(run_cli, tiny: dict[str, Path], args, me
 def test_bench_prototxt_needs_weights(run_cli, tiny: dict[str, Path]):
     result = run_cli("bench", tiny["prototxt"])
     assert result.exit_code == 1 and "needs its CAFFEMODEL" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ninport convert's helper process (checks and onnxruntime run in parallel with the torch side)
+
+
+def _convert(tiny: dict[str, Path], out: Path, monkeypatch: pytest.MonkeyPatch, in_process: bool, **kwargs):
+    from ninport.convert import convert
+
+    if in_process:
+        monkeypatch.setenv("NINPORT_CHECK_IN_PROCESS", "1")
+    else:
+        monkeypatch.delenv("NINPORT_CHECK_IN_PROCESS", raising=False)
+    return convert(tiny["prototxt"], tiny["caffemodel"], out, **kwargs)
+
+
+def test_helper_process_gives_the_in_process_result(tiny: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    fast = _convert(tiny, tmp_path / "a" / "m.onnx", monkeypatch, in_process=False)
+    slow = _convert(tiny, tmp_path / "b" / "m.onnx", monkeypatch, in_process=True)
+    assert (tmp_path / "a" / "m.onnx").read_bytes() == (tmp_path / "b" / "m.onnx").read_bytes()
+    assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
+    assert [p.as_dict() for p in fast.parity] == [p.as_dict() for p in slow.parity]
+    assert [p.batch for p in fast.parity] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.onnx", "m.pt"]
+
+
+def test_parity_failure_through_the_helper_leaves_nothing(tiny: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    from ninport.errors import ParityError
+
+    out = tmp_path / "out"
+    with pytest.raises(ParityError, match="at batch 1"):
+        _convert(tiny, out / "m.onnx", monkeypatch, in_process=False, tolerance=-1.0)
+    assert list(out.iterdir()) == []
+
+
+def test_helper_reports_checker_failures(tmp_path: Path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ninport.onnx.runtime import start_check_worker
+
+    # A Relu reading a tensor nothing defines: onnx.checker refuses it.
+    graph = helper.make_graph([helper.make_node("Relu", ["nowhere"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    worker = start_check_worker()
+    if worker is None:
+        pytest.skip("NINPORT_CHECK_IN_PROCESS is set")
+    try:
+        worker.check(str(path), {"0:x": np.zeros(1, np.float32)}, ["y"], [1])
+        reply = worker.result()
+    finally:
+        worker.close()
+    assert reply["error"] == "checker" and "nowhere" in reply["message"]
+
+
+def test_a_dead_helper_falls_back_to_checking_in_process(tiny: dict[str, Path], tmp_path: Path):
+    import ninport
+    from ninport.onnx.export import start_export
+    from ninport.onnx.runtime import CheckWorker
+
+    module = ninport.load(tiny["prototxt"], tiny["caffemodel"])
+    worker = CheckWorker()
+    worker.proc.kill()
+    worker.proc.wait()
+    try:
+        result = start_export(module, tmp_path / "m.onnx", worker=worker).finish()
+    finally:
+        worker.close()
+    assert [p.batch for p in result.parity] == [1, 2] and all(p.rel <= 1e-5 for p in result.parity)
+    assert not os.path.exists(worker.tmpdir)

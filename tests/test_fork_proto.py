@@ -246,3 +246,12 @@ def test_missing_grpc_tools_names_the_extra(tmp_path, fork_proto, monkeypatch):
     copy.write_text(fork_proto.read_text() + "\n// another version of the file\n")
     with pytest.raises(RuntimeUnavailableError, match=r"pip install 'ninport\[fork\]'"):
         compile_schema(copy)
+
+
+def test_unreadable_caffemodel_with_the_fork_schema_is_one_error(tmp_path, fork_proto, run_cli):
+    proto, _ = write_net(tmp_path, NET)
+    junk = tmp_path / "junk.caffemodel"
+    junk.write_bytes(b"\xff\xff\xff\x0f not a protobuf")
+    result = run_cli("inspect", proto, junk, "--caffe-proto", fork_proto)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {junk}: not a valid caffemodel")

@@ -387,25 +387,29 @@ def read_fork_prototxt(path: str | os.PathLike, caffe_proto: str | os.PathLike
 def read_fork_caffemodel(path: str | os.PathLike, caffe_proto: str | os.PathLike) -> caffe_pb2.NetParameter:
     """Parse a caffemodel with the fork's schema and translate it; its layer parameters are not checked (the
     prototxt's are), only its blobs are used."""
-    from ninport.caffe.caffemodel import read_caffemodel
-
     schema = compile_schema(caffe_proto)
     source = os.fspath(path)
-    read_caffemodel(source)  # the same checks (exists, not empty, decodes, names layers) as without a fork
+    if not os.path.isfile(source):
+        raise ParseError(f"{source}: no such file" if not os.path.exists(source) else f"{source}: not a file")
     with open(source, "rb") as f:
         data = f.read()
+    if not data:
+        raise ParseError(f"{source}: empty file, not a caffemodel")
     fork_net = schema.message_class("NetParameter")()
     try:
         fork_net.ParseFromString(data)
     except DecodeError as exc:
         raise ParseError(f"{source}: not a valid caffemodel for the fork's schema ({exc})") from None
     net, _ = translate(fork_net, schema.package)
+    if not any([x.name for x in net.layer] + [x.name or x.layer.name for x in net.layers]):
+        raise ParseError(f"{source}: not a valid caffemodel (no named layers in it)")
     return net
 
 
 def fork_param(layer_param: caffe_pb2.LayerParameter, caffe_proto: str | os.PathLike) -> Message:
-    """A layer's parameters in the fork's schema, fork-only fields included (for plugins converting a fork's
-    layer types). Fields the translation moved or rewrote read back as upstream left them."""
+    """A layer's parameters in the fork's schema, for plugins converting a fork's layer types: use it for the
+    fork-only fields (kept untouched); read fields upstream also has from ``layer_param`` itself, since the
+    ones the translation moved or rewrote (``ceil_mode`` → ``round_mode``) are in upstream's form there."""
     schema = compile_schema(caffe_proto)
     out = schema.message_class("LayerParameter")()
     out.ParseFromString(layer_param.SerializeToString())

@@ -76,17 +76,20 @@ def model_metadata(module, extra: dict[str, str] | None = None) -> dict[str, str
         "input_names": json.dumps(module.input_names),
         "output_names": json.dumps(module.output_names),
     }
+    extra = extra or {}
+    # A caller that hashed the files already (``ninport convert`` does it while torch imports) passes the
+    # digests in ``extra``; they keep their place in the order either way.
     if module.source and os.path.exists(str(module.source)):
-        meta["caffe_prototxt_sha256"] = sha256_of(module.source)
+        meta["caffe_prototxt_sha256"] = extra.get("caffe_prototxt_sha256") or sha256_of(module.source)
     if module.weights_source:
         meta["caffe_caffemodel"] = os.path.basename(str(module.weights_source))
         if os.path.exists(str(module.weights_source)):
-            meta["caffe_caffemodel_sha256"] = sha256_of(module.weights_source)
+            meta["caffe_caffemodel_sha256"] = extra.get("caffe_caffemodel_sha256") or sha256_of(module.weights_source)
     for key in ("crop_size", "mean_file", "mean_value", "scale", "mirror"):
         if key in module.preprocess:
             value = module.preprocess[key]
             meta[f"preprocess_{key}"] = json.dumps(value) if not isinstance(value, str) else value
-    meta.update(extra or {})
+    meta.update(extra)
     return meta
 
 
@@ -199,6 +202,56 @@ def export_onnx(
     metadata: dict[str, str] | None = None,
 ) -> ExportResult:
     """Export, check and prove ``module`` as an ONNX file at ``path`` (see the module docstring)."""
+    return start_export(module, path, opset=opset, dynamic_batch=dynamic_batch, check_batches=check_batches,
+                        tolerance=tolerance, metadata=metadata).finish()
+
+
+class PendingExport:
+    """An exported file whose checks may still be running in a helper process; ``finish`` waits for them,
+    compares onnxruntime with torch, and returns the result or raises. Until then the file is not proven."""
+
+    def __init__(self, module, path: str, data: bytes, opset: int, meta: dict[str, str], batches, tolerance: float,
+                 worker=None, parity: list[Parity] | None = None):
+        self.module, self.path, self.data, self.opset, self.meta = module, path, data, opset, meta
+        self.batches, self.tolerance, self.worker, self.parity = list(batches), tolerance, worker, parity
+
+    def finish(self) -> ExportResult:
+        worker, self.worker = self.worker, None
+        parity = self.parity
+        if parity is None and worker is not None:
+            cases = _torch_reference(self.module, self.batches)  # while the helper runs onnxruntime
+            reply = worker.result()
+            if reply.get("ok"):
+                outputs = reply["outputs"]
+                got = [[outputs[f"{i}:{j}"] for j in range(len(self.module.output_names))] for i in range(len(cases))]
+                parity = _compare_outputs(self.module, cases, got, self.tolerance)
+            elif reply["error"] == "checker":
+                raise NinportError(f"the exported ONNX graph fails onnx.checker: {reply['message']}")
+            elif reply["error"] == "ninport":
+                raise NinportError(reply["message"].replace(self.path, "the model"))  # as for in-memory bytes
+        if parity is None:  # no helper, or the helper failed for reasons of its own: check here
+            _check_onnx(self.data)
+            parity = check_parity(self.module, self.data, self.batches, self.tolerance)
+        return ExportResult(path=self.path, opset=self.opset, parity=parity, metadata=self.meta)
+
+
+def start_export(
+    module,
+    path: str | os.PathLike,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    check_batches: tuple[int, ...] | None = None,
+    tolerance: float = 1e-5,
+    metadata: dict[str, str] | None = None,
+    worker=None,
+) -> PendingExport:
+    """Export ``module`` and write it to ``path``; with a ``worker`` (``ninport.onnx.runtime.CheckWorker``)
+    the full check and the onnxruntime run start in that process and ``finish`` collects them, so the caller
+    can do other work (write the .pt) meanwhile. Without one, ``finish`` checks in this process.
+
+    ``path`` holds the file before it is proven: callers write to a temporary name and rename after
+    ``finish`` (as ``ninport convert`` does), and remove it if ``finish`` raises.
+    """
     if opset < 17:
         raise NinportError(f"opset {opset} is too old; ninport exports opset 17 or newer")
     path = os.fspath(path)
@@ -214,24 +267,33 @@ def export_onnx(
     model.producer_version = __version__
     model.doc_string = f"Caffe net {module.net_name!r} converted by ninport {__version__}"
     data = model.SerializeToString()  # once: the checker, onnxruntime and the file all take these bytes
+    if check_batches is None:
+        check_batches = (1, 2) if dynamic_batch else (declared,)
+    if worker is None:
+        # In-process, the checks come before the file is written, as export_onnx has always done.
+        _check_onnx(data)
+        parity = check_parity(module, data, check_batches, tolerance)
+        atomic_write_bytes(path, data)
+        return PendingExport(module, path, data, opset, meta, check_batches, tolerance, parity=parity)
+    atomic_write_bytes(path, data)
+    inputs = {}
+    for index, batch in enumerate(check_batches):
+        for name, tensor in zip(module.input_names, module.example_inputs(batch=batch, seed=batch)):
+            inputs[f"{index}:{name}"] = tensor.numpy()
+    worker.check(path, inputs, list(module.output_names), list(check_batches))
+    return PendingExport(module, path, data, opset, meta, check_batches, tolerance, worker)
+
+
+def _check_onnx(data: bytes) -> None:
     try:
         onnx.checker.check_model(data, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise NinportError(f"the exported ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    if check_batches is None:
-        check_batches = (1, 2) if dynamic_batch else (declared,)
-    parity = check_parity(module, data, check_batches, tolerance)
-    atomic_write_bytes(path, data)
-    return ExportResult(path=path, opset=opset, parity=parity, metadata=meta)
 
 
-def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[Parity]:
-    """Run the ONNX model in onnxruntime (CPU) on seeded inputs and compare every output with torch."""
-    from ninport.onnx.runtime import make_session
-
+def _torch_reference(module, batches) -> list[tuple[int, tuple, list[np.ndarray]]]:
+    """The torch module's outputs on the seeded parity inputs: (batch, inputs, outputs) per batch."""
     module.eval()
-    # All torch runs first, then all onnxruntime runs: alternating them makes each runtime's idle threads
-    # (torch's OpenMP pool, onnxruntime's spinning workers) compete with the other's on the same cores.
     cases = []
     for batch in batches:
         inputs = module.example_inputs(batch=batch, seed=batch)
@@ -239,12 +301,13 @@ def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[P
             expected = module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
         cases.append((batch, inputs, [t.numpy() for t in expected]))
-    session = make_session(onnx_bytes, provider="cpu").session
+    return cases
+
+
+def _compare_outputs(module, cases, got, tolerance: float) -> list[Parity]:
     results = []
-    for batch, inputs, expected in cases:
-        feeds = {name: t.numpy() for name, t in zip(module.input_names, inputs)}
-        got = session.run(module.output_names, feeds)
-        for name, ref, out in zip(module.output_names, expected, got):
+    for (batch, _, expected), outputs in zip(cases, got):
+        for name, ref, out in zip(module.output_names, expected, outputs):
             max_abs, rel = compare(ref, out)
             results.append(Parity(name, max_abs, rel, batch))
             if not rel <= tolerance:
@@ -253,3 +316,18 @@ def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[P
                     f"max abs {max_abs:.3g}, relative {rel:.3g} > {tolerance:g}"
                 )
     return results
+
+
+def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[Parity]:
+    """Run the ONNX model in onnxruntime (CPU) on seeded inputs and compare every output with torch."""
+    from ninport.onnx.runtime import make_session
+
+    # All torch runs first, then all onnxruntime runs: alternating them makes each runtime's idle threads
+    # (torch's OpenMP pool, onnxruntime's spinning workers) compete with the other's on the same cores.
+    cases = _torch_reference(module, batches)
+    session = make_session(onnx_bytes, provider="cpu").session
+    got = []
+    for _, inputs, _ in cases:
+        feeds = {name: t.numpy() for name, t in zip(module.input_names, inputs)}
+        got.append(session.run(module.output_names, feeds))
+    return _compare_outputs(module, cases, got, tolerance)

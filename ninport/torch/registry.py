@@ -118,8 +118,8 @@ def register_layer(
     The converter receives a ``LayerContext`` and returns an ``nn.Module`` whose ``forward`` takes the
     layer's bottoms as tensors and returns its top (or a tuple, one per top). ``shape`` is the type's shape
     rule, needed unless ninport already has one for the type (see ``ninport layers``). ``notes`` is a short
-    line on what the converter does not support, for the support table. Replacing an existing converter or
-    shape rule (built-in or not) needs ``override=True``.
+    line on what the converter supports and restricts, for the support table. Replacing an existing converter
+    or shape rule (built-in or not) needs ``override=True``.
     """
     from ninport.caffe.shapes import RULES
 

@@ -115,7 +115,7 @@ class StochasticPool2d(nn.Module):
 
 @register_layer(
     "Pooling",
-    notes="MAX, AVE, STOCHASTIC (test-time weighted average), global, round_mode, _h/_w; 2-D; no MAX mask top",
+    notes="MAX, AVE, STOCHASTIC (test-time weighted mean, input >= 0), global, round_mode, _h/_w; 2-D; no mask top",
 )
 def pooling(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.pooling_param
