@@ -66,6 +66,9 @@ def _fit(blob: caffe_pb2.BlobProto, expected: tuple[int, ...]) -> np.ndarray | N
         if len(expected) <= 4 and tuple(array.shape) == (1,) * (4 - len(expected)) + tuple(expected):
             return array.reshape(expected)
         return None
+    if not blob.HasField("shape"):
+        # Caffe's Blob::ToProto writes no shape message for a 0-axis blob (a scalar Scale factor).
+        return array.reshape(expected) if array.size == int(np.prod(expected, dtype=np.int64)) else None
     return array if tuple(array.shape) == tuple(expected) else None
 
 
@@ -109,7 +112,7 @@ def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | 
                 raise WeightsError(
                     f"{what} blob {index}: {net.source} needs shape {list(shape)}, {source} has {have}"
                 )
-            arrays.append(np.ascontiguousarray(array, dtype=np.float32))
+            arrays.append(np.array(array, dtype=np.float32, order="C"))  # keeps 0-D blobs 0-D
         layer.blobs = arrays
     net.weights_source = source
     return net

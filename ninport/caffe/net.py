@@ -50,6 +50,8 @@ class Net:
     phase: str = "TEST"
     # The preprocessing the data layer declared (crop_size, mean_file, mean_value, scale, mirror), if any.
     preprocess: dict = field(default_factory=dict)
+    # Fields of a fork's schema (--caffe-proto) that ninport had to interpret, for reports and plugins.
+    fork_fields: list = field(default_factory=list)
 
     def where(self, layer: Layer) -> str:
         return f"{self.source}:{layer.line}" if layer.line else self.source

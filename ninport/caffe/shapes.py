@@ -502,9 +502,34 @@ def unknown_layers(net: Net, known: set[str] | None = None) -> list[tuple[str, s
     return [(layer.name, layer.type, net.where(layer)) for layer in net.layers if layer.type not in known]
 
 
+_plugins_loaded = False
+
+
+def _load_plugin_rules() -> bool:
+    """Load the ``ninport.layers`` entry points once, for their shape rules; True when there were any.
+
+    Only reached for a type no built-in rule knows, so ``ninport inspect`` of an ordinary net never imports
+    plugin code (which usually imports torch).
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return False
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    if not list(entry_points(group="ninport.layers")):
+        return False
+    from ninport.torch.registry import converters
+
+    converters()
+    return True
+
+
 def infer_shapes(net: Net) -> NetShapes:
     """Run Caffe's shape rules through the net in order; every unknown layer type is reported at once."""
     missing = unknown_layers(net)
+    if missing and _load_plugin_rules():
+        missing = unknown_layers(net)
     if missing:
         raise UnsupportedLayerError(missing)
     blobs: dict[str, Shape] = {}

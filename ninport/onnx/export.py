@@ -219,7 +219,14 @@ class PendingExport:
         worker, self.worker = self.worker, None
         parity = self.parity
         if parity is None and worker is not None:
-            cases = _torch_reference(self.module, self.batches)  # while the helper runs onnxruntime
+            # While the helper runs onnxruntime on one core, torch takes the other: two runtimes with a full
+            # thread pool each on the same cores make OpenMP's barriers wait on descheduled threads.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                cases = _torch_reference(self.module, self.batches)
+            finally:
+                torch.set_num_threads(threads)
             reply = worker.result()
             if reply.get("ok"):
                 outputs = reply["outputs"]

@@ -287,7 +287,7 @@ def _check_request(request: dict, np, onnx) -> dict:
     except onnx.checker.ValidationError as exc:
         return {"error": "checker", "message": str(exc).splitlines()[0]}
     try:
-        session = make_session(request["model"], provider="cpu").session
+        session = make_session(request["model"], provider="cpu", threads=1).session  # torch has the other core
     except NinportError as exc:
         return {"error": "ninport", "message": str(exc)}
     outputs = {}

@@ -38,13 +38,17 @@ def load(
     caffemodel: str | os.PathLike | None = None,
     input_shape: str | Sequence[int] | None = None,
     phase: str = "TEST",
+    caffe_proto: str | os.PathLike | None = None,
 ) -> CaffeNet:
-    """Read a prototxt and caffemodel of any Caffe vintage and return the equivalent ``nn.Module``."""
-    net = read_net(prototxt, phase=phase, input_shape=input_shape)
+    """Read a prototxt and caffemodel of any Caffe vintage and return the equivalent ``nn.Module``.
+
+    ``caffe_proto``: the schema of a Caffe fork, for files that use fields upstream Caffe lacks.
+    """
+    net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
     preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
     shapes = infer_shapes(net)
     if caffemodel is not None:
-        attach_weights(net, caffemodel, shapes)
+        attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
     return build_module(net, shapes)
 
 
