@@ -248,8 +248,10 @@ def test_helper_process_gives_the_in_process_result(tiny: dict[str, Path], tmp_p
     slow = _convert(tiny, tmp_path / "b" / "m.onnx", monkeypatch, in_process=True)
     assert (tmp_path / "a" / "m.onnx").read_bytes() == (tmp_path / "b" / "m.onnx").read_bytes()
     assert (tmp_path / "a" / "m.pt").read_bytes() == (tmp_path / "b" / "m.pt").read_bytes()
-    assert [p.as_dict() for p in fast.parity] == [p.as_dict() for p in slow.parity]
+    # The same checks ran (the figures may differ in the last bits: the helper runs each side on one thread).
+    assert [(p.blob, p.batch) for p in fast.parity] == [(p.blob, p.batch) for p in slow.parity]
     assert [p.batch for p in fast.parity] == [1, 2]
+    assert all(0 <= p.rel <= 1e-5 for p in fast.parity + slow.parity)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.onnx", "m.pt"]
 
 

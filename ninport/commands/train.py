@@ -39,7 +39,7 @@ def train(solver: str, output_dir: str | None, nproc: int, resume: str | None, w
       ninport train reference/nin_digits/solver.prototxt --output-dir runs/digits
       ninport train solver.prototxt --nproc 2 --json
       ninport train solver.prototxt --resume runs/digits/nin_digits_iter_500.solverstate
-      torchrun --nnodes 2 --nproc-per-node 4 --rdzv-endpoint HOST:29500 -m ninport.cli train solver.prototxt
+      torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m ninport.cli train SOLVER
     """
     from ninport.reproduce.train import train as run_train
 

@@ -44,7 +44,6 @@ from ninport.reproduce.solver import (
     ParamBlob,
     SGDSolver,
     SolverError,
-    learning_rate,
     param_multipliers,
     read_solver,
     read_state,
@@ -303,10 +302,6 @@ class PhaseNet:
     losses: list[Layer]
     accuracies: list[Layer]
     blobs: list[ParamBlob] = field(default_factory=list)
-
-    @property
-    def output_names(self) -> list[str]:
-        return [layer.caffe_tops[0] for layer in self.losses + self.accuracies if layer.tops]
 
 
 def build_phase(spec: NetSource, phase: str, state: caffe_pb2.NetState | None, resolve: Resolver) -> PhaseNet:
@@ -573,8 +568,6 @@ class Trainer:
         if len(train_fields) != 1:
             raise SolverError(f"{src}: give exactly one of net, net_param, train_net, train_net_param "
                               f"(found {', '.join(train_fields) or 'none'})")
-        if p.HasField("net") and p.HasField("net_param"):
-            raise SolverError(f"{src}: net and net_param may not both be given")
 
         def from_file(name: str, what: str) -> NetSource:
             path = self.resolve(name)
@@ -863,6 +856,13 @@ class Trainer:
                     bar.set_postfix(loss=f"{self.smoothed:.4g}", refresh=False)
                 if self.rank == 0 and p.snapshot and self.solver.iteration % p.snapshot == 0:
                     self.snapshot()
+        except KeyboardInterrupt:
+            # Caffe's default SIGINT action is "stop" (tools/caffe.cpp), after which Solver::Solve still writes
+            # its end-of-training snapshot: an interrupted run can be resumed.
+            if self.rank == 0 and self.solver.iteration > self.start_iter:
+                self.snapshot()
+                write_log(os.path.join(self.out_dir, "log.csv"), self.log)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -899,7 +899,7 @@ class Trainer:
             "test_accuracy": test_accuracy,
             "test_loss": test_loss,
             "test_outputs": [r["outputs"] for r in self.last_test],
-            "lr": learning_rate(self.param, max(self.solver.iteration - 1, 0), self.solver.current_step)[0],
+            "lr": next((r["lr"] for r in reversed(self.log) if r["phase"] == "train"), self.solver.rate()),
             "nproc": self.world,
             "global_batch": batch,
             "device": str(self.device),
@@ -939,6 +939,8 @@ def _run_group(config: TrainConfig, rank: int, world: int, local_rank: int, loca
 
     trainer = Trainer(config, rank, world, local_rank, local_world)
     backend = "nccl" if trainer.device.type == "cuda" else "gloo"
+    if trainer.device.type == "cuda":
+        torch.cuda.set_device(trainer.device)
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         metrics = trainer.run()
