@@ -211,7 +211,7 @@ def _print_convert(result, report) -> None:
         click.echo(format_report(report))
 
 
-def _floats(text: str | None) -> list[float] | None:
+def float_list(text: str | None) -> list[float] | None:
     if text is None:
         return None
     try:
@@ -246,7 +246,7 @@ def run(model: str, inputs: tuple[str, ...], top_k: int, labels: str | None, mea
         raise click.UsageError("give --mean-file or --mean-values, not both")
     progress = not as_json and sys.stderr.isatty() and len(inputs) > batch_size
     report = run_model(model, list(inputs), top_k=top_k, labels=labels, mean_file=mean_file,
-                       mean_values=_floats(mean_values), scale=scale, batch_size=batch_size, provider=provider,
+                       mean_values=float_list(mean_values), scale=scale, batch_size=batch_size, provider=provider,
                        progress=progress)
     if as_json:
         click.echo(json.dumps(report))

@@ -7,16 +7,7 @@ import sys
 
 import click
 
-from ninport.cli import debug_option, json_option, provider_option
-
-
-def _floats(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+from ninport.cli import debug_option, float_list, json_option, provider_option
 
 
 @click.command()
@@ -68,7 +59,7 @@ def evaluate(model: tuple[str, ...], dataset: str, data_path: str | None, split:
     progress = not as_json and sys.stderr.isatty()
     result = run_evaluation(list(model), dataset, data_path, split=split, crops=crops, batch_size=batch_size,
                             provider=provider, compare_method=compare_method, tolerance=tolerance,
-                            mean_file=mean_file, mean_values=_floats(mean_values), scale=scale,
+                            mean_file=mean_file, mean_values=float_list(mean_values), scale=scale,
                             preprocess=preprocess, limit=limit, label=label, progress=progress)
     paths = write_report(result, output_dir) if output_dir else None
     if as_json:
