@@ -353,7 +353,11 @@ def interleave(participants: dict[str, Callable[[], float]], repeat: int, warmup
                settle: float = 0.0) -> dict[str, list[float]]:
     """Call each participant ``warmup`` times, then ``repeat`` rounds of one call each, the order rotating
     every round so no participant always follows the same one. Returns the seconds of each timed call
-    (a participant returns its own duration, e.g. the SGEMM helper's)."""
+    (a participant returns its own duration, e.g. the SGEMM helper's).
+
+    ``settle`` is an untimed pause after each call: runtimes leave their worker threads spinning after a run
+    (onnxruntime for ~65 ms, OpenMP for ~10 ms here), which would slow whichever participant comes next.
+    """
     names = list(participants)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeat):
@@ -399,7 +403,7 @@ def run_bench(
     warmup: int = 2,
     gemm_size: int = DEFAULT_GEMM_SIZE,
     input_shape: str | None = None,
-    settle: float = 0.0,
+    settle: float = 0.1,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Benchmark ``runtimes`` on one model; see the module docstring. Returns the report as a dict."""
@@ -428,7 +432,7 @@ def bench_prepared(
     repeat: int = 20,
     warmup: int = 2,
     gemm_size: int = DEFAULT_GEMM_SIZE,
-    settle: float = 0.0,
+    settle: float = 0.1,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """``run_bench`` on a model already prepared (e.g. the files ``ninport convert`` wrote)."""
@@ -456,6 +460,7 @@ def bench_prepared(
         "caffemodel": bench_model.caffemodel,
         "threads": threads,
         "repeat": repeat,
+        "settle_s": settle,
         "flops_per_image": bench_model.flops_per_image,
         "machine": machine_info(),
         "sgemm": {"n": gemm_size, "flops": gemm.flops, "blas": gemm.info, "by_batch": peaks},
@@ -509,7 +514,8 @@ def format_report(report: dict) -> str:
     lines = [
         f"model: {report['model']}" + (f" + {report['caffemodel']}" if report["caffemodel"] else ""),
         f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores; threads: {report['threads']}; "
-        f"{report['flops_per_image'] / 1e9:.3f} GFLOP per image; {report['repeat']} interleaved rounds",
+        f"{report['flops_per_image'] / 1e9:.3f} GFLOP per image; {report['repeat']} interleaved rounds, "
+        f"{report['settle_s'] * 1e3:.0f} ms pause after each call",
     ]
     blas = report["sgemm"]["blas"].get("blas") or []
     kernel = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')}" for b in blas)

@@ -185,10 +185,10 @@ def test_gemm_helper_drops_the_openblas_workarounds(monkeypatch: pytest.MonkeyPa
 
 def test_bench_json_structure(run_cli, tiny: dict[str, Path]):
     result = run_cli("bench", tiny["prototxt"], tiny["caffemodel"], "--batch", "1,3", "--repeat", "3",
-                     "--warmup", "1", "--gemm-size", "128", "--threads", "1", "--json")
+                     "--warmup", "1", "--gemm-size", "128", "--threads", "1", "--settle", "0", "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["flops_per_image"] == 2 * TINY_MACS and report["threads"] == 1
+    assert report["flops_per_image"] == 2 * TINY_MACS and report["threads"] == 1 and report["settle_s"] == 0
     ran = {r["runtime"] for r in report["results"]}
     assert {"onnxruntime", "torch"} <= ran
     assert ran | set(report["skipped"]) == {"onnxruntime", "openvino", "opencv", "torch"}
@@ -206,7 +206,7 @@ def test_bench_json_structure(run_cli, tiny: dict[str, Path]):
 
 def test_bench_text_and_onnx_only(run_cli, tiny_onnx: Path):
     result = run_cli("bench", tiny_onnx, "--batch", "2", "--repeat", "2", "--warmup", "0", "--gemm-size", "64",
-                     "--runtimes", "onnxruntime,torch")
+                     "--runtimes", "onnxruntime,torch", "--settle", "0.01")
     assert result.exit_code == 0, result.stderr
     out = result.stdout
     assert "batch 2: SGEMM peak" in out and "GFLOP/s" in out

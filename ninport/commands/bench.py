@@ -30,8 +30,9 @@ def _ints(text: str, what: str) -> list[int]:
 @click.option("--repeat", type=int, default=20, show_default=True, help="Timed rounds per batch size.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed rounds first.")
 @click.option("--gemm-size", type=int, default=2048, show_default=True, help="Matrix size of the SGEMM peak.")
-@click.option("--settle", type=float, default=0.0, show_default=True, metavar="SECONDS",
-              help="Pause after every call, so one runtime's spinning threads cannot slow the next.")
+@click.option("--settle", type=float, default=0.1, show_default=True, metavar="SECONDS",
+              help="Untimed pause after every call, so one runtime's idle threads still spinning (onnxruntime's "
+                   "spin for ~65 ms after a run) cannot slow the next.")
 @input_shape_option
 @json_option
 @debug_option
