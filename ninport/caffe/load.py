@@ -9,11 +9,12 @@ import numpy as np
 
 from ninport.caffe import caffe_pb2
 from ninport.caffe.aliasing import share_in_place_writes
-from ninport.caffe.caffemodel import blob_is_legacy, blob_to_array, read_caffemodel
+from ninport.caffe.caffemodel import blob_is_legacy, blob_to_array
 from ninport.caffe.net import Net
 from ninport.caffe.prototxt import read_prototxt
 from ninport.caffe.shapes import NetShapes, infer_shapes
 from ninport.caffe.upgrade import normalize, v2_layers
+from ninport.caffe.wire import WireBlob, read_weights
 from ninport.errors import ParseError, WeightsError
 
 
@@ -55,18 +56,21 @@ def weights_by_layer(model: caffe_pb2.NetParameter, source: str) -> dict[str, li
     return out
 
 
-def _fit(blob: caffe_pb2.BlobProto, expected: tuple[int, ...]) -> np.ndarray | None:
+def _fit(blob: caffe_pb2.BlobProto | WireBlob, expected: tuple[int, ...]) -> np.ndarray | None:
     """The blob as an array of the expected shape, or None when it does not fit.
 
     A legacy blob fits when its 4-D dims equal the expected shape padded with leading ones, which is the
     test Caffe's Blob::ShapeEquals makes when it loads weights.
     """
-    array = blob_to_array(blob)
-    if blob_is_legacy(blob):
+    if isinstance(blob, WireBlob):
+        array, legacy, has_shape = blob.to_array(), blob.is_legacy, blob.shape is not None
+    else:
+        array, legacy, has_shape = blob_to_array(blob), blob_is_legacy(blob), blob.HasField("shape")
+    if legacy:
         if len(expected) <= 4 and tuple(array.shape) == (1,) * (4 - len(expected)) + tuple(expected):
             return array.reshape(expected)
         return None
-    if not blob.HasField("shape"):
+    if not has_shape:
         # Caffe's Blob::ToProto writes no shape message for a 0-axis blob (a scalar Scale factor).
         return array.reshape(expected) if array.size == int(np.prod(expected, dtype=np.int64)) else None
     return array if tuple(array.shape) == tuple(expected) else None
@@ -83,12 +87,13 @@ def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | 
         from ninport.caffe.fork import read_fork_caffemodel
 
         model = read_fork_caffemodel(source, caffe_proto)
+        try:
+            found = weights_by_layer(model, source)
+        except Exception as exc:  # a decodable but nonsensical file
+            raise ParseError(f"{source}: cannot read layers from the caffemodel ({exc})") from None
     else:
-        model = read_caffemodel(source)
-    try:
-        found = weights_by_layer(model, source)
-    except Exception as exc:  # a decodable but nonsensical file
-        raise ParseError(f"{source}: cannot read layers from the caffemodel ({exc})") from None
+        # The wire-format reader: numpy views of the mapped file, no per-float objects (ninport.caffe.wire).
+        found = read_weights(source)
     shapes = shapes or infer_shapes(net)
     for layer in net.layers:
         expected = shapes.layers[layer.name].params
@@ -108,11 +113,13 @@ def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | 
             except ParseError as exc:
                 raise WeightsError(f"{what} blob {index} in {source}: {exc}") from None
             if array is None:
-                have = list(blob_to_array(blob).shape)
+                have = list((blob.to_array() if isinstance(blob, WireBlob) else blob_to_array(blob)).shape)
                 raise WeightsError(
                     f"{what} blob {index}: {net.source} needs shape {list(shape)}, {source} has {have}"
                 )
-            arrays.append(np.array(array, dtype=np.float32, order="C"))  # keeps 0-D blobs 0-D
+            # asarray: a float32 blob stays a read-only view of the mapped file (torch copies it when it
+            # builds the module); keeps 0-D blobs 0-D.
+            arrays.append(np.asarray(array, dtype=np.float32, order="C"))
         layer.blobs = arrays
     net.weights_source = source
     return net
