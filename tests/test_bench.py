@@ -303,3 +303,26 @@ def test_a_dead_helper_falls_back_to_checking_in_process(tiny: dict[str, Path], 
         worker.close()
     assert [p.batch for p in result.parity] == [1, 2] and all(p.rel <= 1e-5 for p in result.parity)
     assert not os.path.exists(worker.tmpdir)
+
+
+def test_bound_run_equals_plain_run(tmp_path):
+    # The I/O-binding path that CUDA sessions take, exercised on the CPU device: same numbers as a plain run.
+    import numpy as np
+
+    import ninport
+    from ninport.onnx.runtime import make_session
+
+    proto = tmp_path / "n.prototxt"
+    proto.write_text(
+        'input: "data"\ninput_shape { dim: 2 dim: 3 dim: 8 dim: 8 }\n'
+        'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+        '        convolution_param { num_output: 4 kernel_size: 3 } }\n'
+        'layer { name: "r" type: "ReLU" bottom: "c" top: "c" }\n'
+    )
+    model = ninport.load(proto)
+    ninport.export_onnx(model, tmp_path / "n.onnx")
+    session = make_session(tmp_path / "n.onnx", provider="cpu")
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    (plain,) = session.run({"data": x})
+    (bound,) = session.run_bound({"data": x}, ["c"], device="cpu")
+    np.testing.assert_array_equal(plain, bound)
