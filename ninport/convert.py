@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ninport.caffe.load import attach_weights, read_net
 from ninport.caffe.shapes import infer_shapes
+from ninport.errors import NinportError
 from ninport.inspect import spatial_trace
 
 
@@ -98,7 +99,7 @@ def convert(
 
     worker = start_check_worker()
     digests = _hash_in_background(prototxt, caffemodel)
-    from ninport.onnx.export import start_export
+    from ninport.onnx.export import external_data_name, start_export
     from ninport.torch.build import build_module, save_pt
     from ninport.torch.registry import preflight
 
@@ -113,16 +114,24 @@ def convert(
     # Export to a hidden name first so that a failing .pt write leaves no lone .onnx behind.
     hidden = os.path.join(os.path.dirname(output) or ".", f".{os.path.basename(output)}.ninport-tmp")
     hidden_pt = f"{hidden}.pt"
+    done = False
     try:
+        # A model over 2 GB keeps its tensors in OUT.onnx.data, named for the final file from the start.
         pending = start_export(module, hidden, opset=opset, dynamic_batch=not static_batch, tolerance=tolerance,
-                               metadata=digests(), worker=worker)
+                               metadata=digests(), worker=worker, data_location=external_data_name(output))
         save_pt(module, hidden_pt)  # while the helper checks the ONNX file and runs it in onnxruntime
         result = pending.finish()
+        if fp16 and "external_data" in result.metadata:
+            raise NinportError("--fp16 is not supported for models over 2 GB (external data)")
         if fp16:
             result.parity = _to_float16(module, hidden, static_batch)
         os.replace(hidden_pt, pt_path)
         os.replace(hidden, output)
+        done = True
     finally:
+        data_file = os.path.join(os.path.dirname(output) or ".", external_data_name(output))
+        if not done and os.path.exists(data_file):
+            os.unlink(data_file)
         for leftover in (hidden, hidden_pt):
             if os.path.exists(leftover):
                 os.unlink(leftover)

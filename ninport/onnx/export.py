@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,6 +24,9 @@ from ninport.caffe.caffemodel import atomic_write_bytes
 from ninport.errors import NinportError, ParityError
 
 DEFAULT_OPSET = 17
+# Models whose weights pass this size are written with their tensors in a side file ("external data"): one
+# protobuf message cannot exceed 2 GB.
+EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 @dataclass
@@ -148,6 +152,10 @@ def to_onnx_bytes(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
     return to_onnx_model(module, opset=opset, dynamic_batch=dynamic_batch, batch=batch).SerializeToString()
 
 
+def parameter_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
 def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                   batch: int | None = None) -> onnx.ModelProto:
     """Trace ``module`` with the TorchScript-based exporter (fast and stable for these graphs).
@@ -162,14 +170,17 @@ def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
     dynamic_axes = None
     if dynamic_batch:
         dynamic_axes = {name: {0: "N"} for name in module.input_names + wrapper.blob_names}
-    buffer = io.BytesIO()
+    # Past protobuf's 2 GB the exporter cannot hand back one message: it writes a file with external data.
+    large = parameter_bytes(module) > EXTERNAL_DATA_BYTES
+    scratch = tempfile.TemporaryDirectory(prefix="ninport-export-") if large else None
+    target = os.path.join(scratch.name, "model.onnx") if large else io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
             torch.onnx.export(
                 wrapper,
                 args,
-                buffer,
+                target,
                 input_names=module.input_names,
                 output_names=wrapper.blob_names,
                 dynamic_axes=dynamic_axes,
@@ -179,7 +190,11 @@ def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
                 keep_initializers_as_inputs=False,
                 dynamo=False,
             )
-    model = onnx.load_from_string(buffer.getvalue())
+    if large:
+        with scratch:
+            model = onnx.load(target, load_external_data=True)
+    else:
+        model = onnx.load_from_string(target.getvalue())
     # Initializers are named after the wrapper's attribute ("net.conv1.weight"); give them the state dict's names.
     renames = {i.name: i.name[len("net.") :] for i in model.graph.initializer if i.name.startswith("net.")}
     for init in model.graph.initializer:
@@ -251,6 +266,7 @@ def start_export(
     tolerance: float = 1e-5,
     metadata: dict[str, str] | None = None,
     worker=None,
+    data_location: str | None = None,
 ) -> PendingExport:
     """Export ``module`` and write it to ``path``; with a ``worker`` (``ninport.onnx.runtime.CheckWorker``)
     the full check and the onnxruntime run start in that process and ``finish`` collects them, so the caller
@@ -273,9 +289,11 @@ def start_export(
     model.producer_name = "ninport"
     model.producer_version = __version__
     model.doc_string = f"Caffe net {module.net_name!r} converted by ninport {__version__}"
-    data = model.SerializeToString()  # once: the checker, onnxruntime and the file all take these bytes
     if check_batches is None:
         check_batches = (1, 2) if dynamic_batch else (declared,)
+    if parameter_bytes(module) > EXTERNAL_DATA_BYTES:
+        return _finish_external(module, model, path, opset, meta, check_batches, tolerance, data_location)
+    data = model.SerializeToString()  # once: the checker, onnxruntime and the file all take these bytes
     if worker is None:
         # In-process, the checks come before the file is written, as export_onnx has always done.
         _check_onnx(data)
@@ -289,6 +307,37 @@ def start_export(
             inputs[f"{index}:{name}"] = tensor.numpy()
     worker.check(path, inputs, list(module.output_names), list(check_batches))
     return PendingExport(module, path, data, opset, meta, check_batches, tolerance, worker)
+
+
+def external_data_name(onnx_path: str | os.PathLike) -> str:
+    """The side file that holds a large model's tensors, named after the ONNX file it belongs to."""
+    return f"{os.path.basename(os.fspath(onnx_path))}.data"
+
+
+def _finish_external(module, model, path: str, opset: int, meta, batches, tolerance: float,
+                     data_location: str | None) -> PendingExport:
+    """Write a model too large for one protobuf message: tensors in ``data_location`` beside ``path``, then
+    check both files by path. On failure both files are removed."""
+    location = data_location or external_data_name(path)
+    folder = os.path.dirname(path) or "."
+    data_path = os.path.join(folder, location)
+    partial = f"{path}.partial-{os.getpid()}"
+    try:
+        onnx.save_model(model, partial, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=location, size_threshold=0)
+        os.replace(partial, path)
+        try:
+            onnx.checker.check_model(path, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise NinportError(f"the exported ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+        parity = check_parity(module, path, batches, tolerance)
+    except BaseException:
+        for leftover in (partial, path, data_path):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        raise
+    meta = dict(meta, external_data=location)
+    return PendingExport(module, path, b"", opset, meta, batches, tolerance, parity=parity)
 
 
 def _check_onnx(data: bytes) -> None:
