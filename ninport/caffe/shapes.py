@@ -234,18 +234,22 @@ def _broadcast_shape(layer: Layer, shape: Shape, axis: int, num_axes: int, what:
     return tuple(shape[axis : axis + num_axes])
 
 
+def _check_second_bottom(layer: Layer, shape: Shape, other: Shape, axis: int, what: str) -> None:
+    """The two-bottom Scale/Bias: the second bottom must equal the first's dims from ``axis`` on."""
+    axis = _axis(axis, len(shape), layer) if other else 0
+    if tuple(shape[axis : axis + len(other)]) != tuple(other):
+        raise ShapeError(
+            f"layer {layer.name!r}: {what} bottom {list(other)} does not match {list(shape)} from axis {axis}"
+        )
+
+
 @rule("Scale")
 def _scale(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.scale_param
     shape = bottoms[0]
     if len(bottoms) > 1:
-        other = bottoms[1]
-        axis = _axis(p.axis, len(shape), layer) if other else 0
-        if tuple(shape[axis : axis + len(other)]) != tuple(other):
-            raise ShapeError(
-                f"layer {layer.name!r}: scale bottom {list(other)} does not match {list(shape)} from axis {axis}"
-            )
-        return LayerShapes([shape], [other] if p.bias_term else [], 0)
+        _check_second_bottom(layer, shape, bottoms[1], p.axis, "scale")
+        return LayerShapes([shape], [bottoms[1]] if p.bias_term else [], 0)
     scale = _broadcast_shape(layer, shape, p.axis, p.num_axes, "scale")
     return LayerShapes([shape], [scale] + ([scale] if p.bias_term else []), 0)
 
@@ -255,12 +259,7 @@ def _bias(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     p = layer.param.bias_param
     shape = bottoms[0]
     if len(bottoms) > 1:
-        other = bottoms[1]
-        axis = _axis(p.axis, len(shape), layer) if other else 0
-        if tuple(shape[axis : axis + len(other)]) != tuple(other):
-            raise ShapeError(
-                f"layer {layer.name!r}: bias bottom {list(other)} does not match {list(shape)} from axis {axis}"
-            )
+        _check_second_bottom(layer, shape, bottoms[1], p.axis, "bias")
         return LayerShapes([shape])
     return LayerShapes([shape], [_broadcast_shape(layer, shape, p.axis, p.num_axes, "bias")])
 
