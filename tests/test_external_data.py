@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 import ninport
@@ -29,12 +30,19 @@ layer { name: "fc" type: "InnerProduct" bottom: "conv1" top: "fc" inner_product_
 """
 
 
-def test_convert_writes_external_data(tmp_path, monkeypatch):
+@pytest.fixture()
+def wide(tmp_path, monkeypatch):
+    """The small net with seeded weights, and the external-data threshold lowered below its size."""
     proto = tmp_path / "wide.prototxt"
     proto.write_text(NET)
     weights = tmp_path / "wide.caffemodel"
     write_seeded_caffemodel(read_net(proto), weights, seed=1)
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 10_000)
+    return proto, weights
+
+
+def test_convert_writes_external_data(tmp_path, wide):
+    proto, weights = wide
     out = tmp_path / "out" / "wide.onnx"
     result = convert(proto, weights, out)
     data = out.parent / "wide.onnx.data"
@@ -54,12 +62,8 @@ def test_convert_writes_external_data(tmp_path, monkeypatch):
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-def test_failed_large_conversion_leaves_nothing(tmp_path, monkeypatch):
-    proto = tmp_path / "wide.prototxt"
-    proto.write_text(NET)
-    weights = tmp_path / "wide.caffemodel"
-    write_seeded_caffemodel(read_net(proto), weights, seed=1)
-    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 10_000)
+def test_failed_large_conversion_leaves_nothing(tmp_path, wide):
+    proto, weights = wide
     # A tolerance no float computation meets makes the parity check fail after the files were written.
     out = tmp_path / "out" / "wide.onnx"
     try:

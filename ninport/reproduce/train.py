@@ -32,12 +32,12 @@ from google.protobuf import text_format
 from torch import nn
 
 from ninport.caffe import caffe_pb2
-from ninport.caffe.caffemodel import atomic_write_bytes, blob_to_array, read_caffemodel, write_caffemodel
-from ninport.caffe.load import weights_by_layer
+from ninport.caffe.caffemodel import atomic_write_bytes, write_caffemodel
 from ninport.caffe.net import Layer, Net
 from ninport.caffe.prototxt import read_prototxt
 from ninport.caffe.shapes import infer_shapes
 from ninport.caffe.upgrade import DATA_LAYER_TYPES, is_loss_type, normalize
+from ninport.caffe.wire import read_weights
 from ninport.errors import NetError, NinportError, ParseError
 from ninport.reproduce.fillers import fill, layer_fillers
 from ninport.reproduce.solver import (
@@ -396,8 +396,7 @@ def fill_blobs(phase: PhaseNet, blobs: list[ParamBlob], rng: np.random.Generator
 
 def copy_weights(blobs: Sequence[ParamBlob], caffemodel: str) -> int:
     """Caffe's CopyTrainedLayersFrom: blobs of layers with the same name; returns how many layers matched."""
-    model = read_caffemodel(caffemodel)
-    found = weights_by_layer(model, caffemodel)
+    found = read_weights(caffemodel)  # the same per-name choice of blobs as attach_weights, without protobuf
     by_layer: dict[str, list[ParamBlob]] = {}
     for b in blobs:
         by_layer.setdefault(b.layer, []).append(b)
@@ -409,7 +408,7 @@ def copy_weights(blobs: Sequence[ParamBlob], caffemodel: str) -> int:
         if len(protos) != len(group):
             raise NinportError(f"{caffemodel}: layer {name!r} has {len(protos)} blob(s), the net needs {len(group)}")
         for b, proto in zip(group, protos):
-            b.from_caffe(blob_to_array(proto), where=f"{caffemodel}: ")
+            b.from_caffe(proto.to_array(), where=f"{caffemodel}: ")
         matched += 1
     return matched
 
