@@ -1,7 +1,7 @@
 """``ninport paper`` / ``ninport validate`` and the tables file behind them.
 
-The expected figures below are typed from issue 6's list (itself checked against the transcriptions named in
-reference/paper/SOURCE.md), so a slip in nin_tables.json shows up here.
+The expected figures below are typed from issue 6's list and, for Table 5 and the running text, from
+../shared/inputs/nin_paper/FIGURES.md (read from the arXiv v3 PDF), so a slip in nin_tables.json shows up here.
 """
 
 from __future__ import annotations
@@ -37,12 +37,30 @@ EXPECTED = {
     },
 }
 TABLE_OF = {"cifar10": "Table 1", "cifar100": "Table 2", "svhn": "Table 3", "mnist": "Table 4"}
+# (table, method) -> (value, kind, page) for Table 5 and the figures of the running text (all CIFAR-10)
+EXTRA = {
+    ("Table 5", "mlpconv + Fully Connected"): (11.59, "table", "7"),
+    ("Table 5", "mlpconv + Fully Connected + Dropout"): (10.88, "table", "7"),
+    ("Table 5", "mlpconv + Global Average Pooling"): (10.41, "table", "7"),
+    ("§4.2 (text)", "NIN without Dropout"): (14.51, "text", None),
+    ("§4.6 (text)", "CNN + Fully Connected"): (17.56, "text", "7-8"),
+    ("§4.6 (text)", "CNN + Dropout + Fully Connected"): (15.99, "text", "7-8"),
+    ("§4.6 (text)", "CNN + Global Average Pooling"): (16.46, "text", "7-8"),
+}
 
 
 def test_tables_file_holds_every_figure_with_its_source():
     rows = tables.load_rows()
-    got = {(r.dataset, r.method): r for r in rows}
-    assert len(rows) == sum(len(v) for v in EXPECTED.values()) + 1
+    got = {(r.dataset, r.method): r for r in rows if r.table.startswith(("Table 1", "Table 2", "Table 3", "Table 4",
+                                                                           "gist"))}
+    assert len(rows) == sum(len(v) for v in EXPECTED.values()) + len(EXTRA) + 1
+    extra = {(r.table, r.method): r for r in rows if (r.table, r.method) in EXTRA}
+    assert set(extra) == set(EXTRA)
+    for key, (value, kind, page) in EXTRA.items():
+        row = extra[key]
+        assert (row.value, row.kind, row.page, row.dataset) == (pytest.approx(value), kind, page, "cifar10")
+        assert "1312.4400v3" in row.source and key[0].split()[0] in row.source  # 'Table 5' or '§4.x'
+        assert row.confirmed and any("1312.4400v3 PDF" in c for c in row.confirmed_by)
     for dataset, methods in EXPECTED.items():
         for method, value in methods.items():
             row = got[(dataset, method)]
@@ -61,10 +79,38 @@ def test_paper_json_rows_have_exactly_the_documented_keys(run_cli):
     result = run_cli("paper", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert len(rows) == 25
+    assert len(rows) == 32
     for row in rows:
-        assert set(row) == {"paper", "table", "dataset", "method", "metric", "value", "source", "confirmed"}
+        assert set(row) == {"paper", "table", "dataset", "method", "metric", "value", "source", "kind", "page",
+                            "confirmed", "confirmed_by"}
+        assert row["source"] and row["confirmed_by"]
     assert {r["dataset"] for r in rows} == {"cifar10", "cifar100", "svhn", "mnist", "imagenet"}
+    assert {r["kind"] for r in rows} == {"table", "text", "gist"}
+    table5 = [r for r in rows if r["table"] == "Table 5"]
+    assert [(r["method"], r["value"]) for r in table5] == [
+        ("mlpconv + Fully Connected", 11.59), ("mlpconv + Fully Connected + Dropout", 10.88),
+        ("mlpconv + Global Average Pooling", 10.41)]
+    assert all("p. 7" in r["source"] and r["page"] == "7" for r in table5)
+
+
+def test_paper_prints_table5_as_its_own_table_and_marks_text_figures(run_cli):
+    text = run_cli("paper", "--dataset", "cifar10").stdout
+    blocks = {b.splitlines()[0].split(" - ")[0]: b for b in text.split("\n\n")}
+    assert "11.59" in blocks["Table 5"] and "10.88" in blocks["Table 5"] and "11.59" not in blocks["Table 1"]
+    assert "running text, not a table" in blocks["§4.6 (text)"] and "17.56" in blocks["§4.6 (text)"]
+    assert "running text, not a table" in blocks["§4.2 (text)"] and "14.51" in blocks["§4.2 (text)"]
+    assert "running text" not in blocks["Table 5"].splitlines()[0]
+
+
+@pytest.mark.parametrize("row", tables.load_rows(), ids=lambda r: f"{r.dataset}-{r.table}-{r.method}")
+def test_validate_accepts_every_row(run_cli, row):
+    ok = run_cli("validate", "--dataset", row.dataset, "--method", row.method, "--value", f"{row.value + 0.2:g}",
+                 "--json")
+    assert ok.exit_code == 0, ok.output
+    out = json.loads(ok.stdout)
+    assert (out["table"], out["method"], out["delta"]) == (row.table, row.method, pytest.approx(0.2))
+    off = run_cli("validate", "--dataset", row.dataset, "--method", row.method, "--value", f"{row.value + 0.6:g}")
+    assert off.exit_code == 1
 
 
 def test_paper_dataset_filter_and_text(run_cli):

@@ -17,9 +17,10 @@ from ninport.cli import debug_option, json_option
 @json_option
 @debug_option
 def paper(dataset: str | None, as_json: bool) -> None:
-    """Print the Network In Network paper's tables (test error %) and the ImageNet gist's top-1.
+    """Print the Network In Network paper's figures: Tables 1-5 (test error %), the figures its running text
+    gives (§4.2, §4.6; marked as such), and the ImageNet gist's top-1.
 
-    Each row carries its source (paper, table, row) and whether it was confirmed; see
+    Each row carries its source (PDF version, page, table or section) and what it was checked against; see
     reference/paper/SOURCE.md.
 
     \b

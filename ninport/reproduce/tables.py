@@ -36,11 +36,14 @@ class Row:
     source: str
     confirmed: bool = False
     confirmed_by: tuple[str, ...] = field(default_factory=tuple)
+    kind: str = "table"  # "table": a table's row; "text": stated in the running text; "gist": the ImageNet gist
+    page: str | None = None  # the page of the PDF version the source names (arXiv v3), when recorded
 
     def as_dict(self) -> dict:
-        """The row as ``ninport paper --json`` prints it: the seven keys plus ``confirmed``."""
+        """The row as ``ninport paper --json`` prints it: the seven keys, its kind and page, and how it was
+        confirmed (``confirmed``, ``confirmed_by``)."""
         out = {k: getattr(self, k) for k in ROW_KEYS}
-        out["confirmed"] = self.confirmed
+        out.update(kind=self.kind, page=self.page, confirmed=self.confirmed, confirmed_by=list(self.confirmed_by))
         return out
 
     @property
@@ -104,7 +107,8 @@ def load_rows(path: str | os.PathLike | None = None) -> list[Row]:
                 paper=str(entry["paper"]), table=str(entry["table"]), dataset=str(entry["dataset"]),
                 method=str(entry["method"]), metric=str(entry["metric"]), value=float(entry["value"]),
                 source=str(entry["source"]), confirmed=bool(entry.get("confirmed", False)),
-                confirmed_by=tuple(entry.get("confirmed_by", ()))))
+                confirmed_by=tuple(entry.get("confirmed_by", ())), kind=str(entry.get("kind", "table")),
+                page=None if entry.get("page") is None else str(entry["page"])))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise NinportError(f"{path}: not a valid tables file ({type(exc).__name__}: {exc})") from None
     return rows
@@ -157,8 +161,11 @@ def compare(dataset: str, method: str, value: float, tolerance: float = DEFAULT_
     return Comparison(row=find_row(dataset, method, rows), reproduced=float(value), tolerance=float(tolerance))
 
 
+OWN_PREFIXES = ("nin", "mlpconv")  # the paper's own models: NIN, and Table 5's mlpconv variants
+
+
 def format_rows(rows: list[Row]) -> str:
-    """The rows as text, one block per table, NIN's own rows marked with '*'."""
+    """The rows as text, one block per table (or per section of running text), NIN's own rows marked '*'."""
     if not rows:
         return "(no rows)"
     lines: list[str] = []
@@ -169,11 +176,14 @@ def format_rows(rows: list[Row]) -> str:
         if head != current:
             if current is not None:
                 lines.append("")
-            lines.append(f"{r.table} - {r.dataset} - {r.metric}   ({r.paper})")
+            where = f", p. {r.page}" if r.page else ""
+            marker = f"   [running text, not a table{where}]" if r.kind == "text" else ""
+            lines.append(f"{r.table} - {r.dataset} - {r.metric}   ({r.paper}){marker}")
             current = head
-        own = "*" if normalize_method(r.method).startswith("nin") else " "
+        own = "*" if normalize_method(r.method).startswith(OWN_PREFIXES) else " "
         check = "" if r.confirmed else "   (unconfirmed)"
         lines.append(f"  {own} {r.method:<{width}}  {r.value:6.2f}{check}")
     lines.append("")
-    lines.append("* = Network In Network. Sources and how each row was checked: reference/paper/SOURCE.md")
+    lines.append("* = Network In Network (Table 5: its mlpconv layers with either classifier). Figures checked against "
+                 "the arXiv v3 PDF; sources: reference/paper/SOURCE.md")
     return "\n".join(lines)
