@@ -39,8 +39,9 @@ class Preprocess:
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB" if self.channels == 3 else "L")
-                size = max(self.resize, self.height, self.width)
-                img = img.resize((size, size), Image.BILINEAR)
+                if img.size != (self.width, self.height):  # an image of the input's size is fed as it is
+                    size = max(self.resize, self.height, self.width)
+                    img = img.resize((size, size), Image.BILINEAR)
                 array = np.asarray(img, dtype=np.float32)
         except (UnidentifiedImageError, OSError) as exc:
             raise ParseError(f"{path}: cannot read the image ({exc})") from None

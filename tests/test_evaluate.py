@@ -141,7 +141,8 @@ def test_cli_report_files_and_consistent_json(tiny, tmp_path, run_cli):
     comparison = saved["comparison"]
     assert comparison["value"] == pytest.approx(10.41) and comparison["reproduced"] == pytest.approx(50.0)
     assert comparison["delta"] == pytest.approx(50.0 - 10.41) and comparison["verdict"] == "worse than the paper"
-    assert [r["method"] for r in saved["paper_rows"]][3] == "NIN + Dropout" and len(saved["paper_rows"]) == 8
+    # cifar10 rows: Table 1, Table 5 and the figures of the running text
+    assert [r["method"] for r in saved["paper_rows"]][3] == "NIN + Dropout" and len(saved["paper_rows"]) == 15
     markdown = (out_dir / "evaluation.md").read_text()
     assert "| top-1 accuracy | 50.00 % (20 / 40) |" in markdown and "NIN + Dropout **(compared)**" in markdown
     assert "![reproduced vs paper](evaluation.png)" in markdown

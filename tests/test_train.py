@@ -114,6 +114,67 @@ def test_deploy_prototxt_is_the_plain_deploy_view(digits_run) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
+# The preprocessing travels: train -> deploy.prototxt -> convert -> ONNX metadata -> evaluate / run
+
+
+def test_deploy_input_keeps_the_data_layers_transform(digits_run) -> None:
+    _, out = digits_run
+    message = text_format.Parse((out / "deploy.prototxt").read_text(), caffe_pb2.NetParameter())
+    data = message.layer[0]
+    assert data.type == "Input" and data.HasField("transform_param")
+    assert data.transform_param.scale == pytest.approx(0.0625)
+
+
+def test_train_convert_evaluate_round_trip_keeps_the_accuracy(digits_run, run_cli, tmp_path: Path) -> None:
+    # With no option typed by hand, evaluate scores the held-out digits exactly as train's test net did.
+    import onnx
+
+    metrics, out = digits_run
+    model = metrics["snapshot"]
+    expected = round(metrics["test_accuracy"] * 360)
+    assert expected / 360 == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    scored = {}
+    for name, prototxt in (("deploy", out / "deploy.prototxt"), ("train_val", DIGITS / "train_val.prototxt")):
+        onnx_path = tmp_path / f"{name}.onnx"
+        converted = run_cli("convert", prototxt, model, "-o", onnx_path, "--json")
+        assert converted.exit_code == 0, converted.stderr
+        meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+        assert json.loads(meta["preprocess_scale"]) == pytest.approx(0.0625), name
+        for what, args in ((f"{name}.onnx", [onnx_path]), (f"{name} + caffemodel", [prototxt, model])):
+            result = run_cli("evaluate", *args, "--dataset", "digits", "--json")
+            assert result.exit_code == 0, result.stderr
+            scored[what] = json.loads(result.stdout)
+    for what, report in scored.items():
+        assert report["count"] == 360, what
+        assert report["correct_top1"] == expected, (what, report["correct_top1"], expected)
+        assert report["top1_accuracy"] == pytest.approx(100.0 * metrics["test_accuracy"], abs=1e-4), what
+    # The declared transform is what made the difference: without it the same model scores the raw 0..16 values.
+    raw = run_cli("evaluate", tmp_path / "deploy.onnx", "--dataset", "digits", "--scale", "1", "--json")
+    assert json.loads(raw.stdout)["correct_top1"] != expected
+
+
+def test_run_applies_the_declared_scale_to_images(digits_run, run_cli, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from PIL import Image
+
+    metrics, out = digits_run
+    onnx_path = tmp_path / "d.onnx"
+    assert run_cli("convert", out / "deploy.prototxt", metrics["snapshot"], "-o", onnx_path).exit_code == 0
+    images, _ = digits_test_split()
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(images[i, 0].astype(np.uint8), mode="L").save(paths[-1])  # values 0..16, exact
+    result = run_cli("run", onnx_path, *paths, "--top-k", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    got = [r["top_k"][0] for r in json.loads(result.stdout)["results"]]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    scores = session.run(None, {"data": images[:6] * np.float32(0.0625)})[0].reshape(6, -1)
+    assert [g["class"] for g in got] == list(scores.argmax(1))
+    np.testing.assert_allclose([g["score"] for g in got], scores.max(1), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Solvers written by the tests around the reference net
 
 

@@ -364,8 +364,21 @@ def layer_included(layer: caffe_pb2.LayerParameter, phase: int, level: int, stag
 # The deploy view of a train_val net
 
 
-def _data_layer_shape(layer: caffe_pb2.LayerParameter, where: str) -> tuple[tuple[int, ...] | None, dict]:
-    """The N,C,H,W a data layer feeds, as far as its parameters say, and the preprocessing it declares."""
+# Image shape (C, H, W) of the data sets a Data layer's source may name in ninport's syntax ("digits",
+# "cifar10:PATH", ...; ninport/reproduce/train.py parse_source). ImageNet images vary: its shape needs a crop_size.
+DATA_SET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+                   "svhn": (3, 32, 32)}
+
+
+def data_set_shape(source: str) -> tuple[int, int, int] | None:
+    """The C,H,W of the data set a Data layer's ``source`` names (``digits``, ``cifar10:PATH?...``), else None."""
+    name = source.partition("?")[0].partition(":")[0]
+    key = name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    return DATA_SET_SHAPES.get({"sklearndigits": "digits"}.get(key, key))
+
+
+def transform_dict(layer: caffe_pb2.LayerParameter) -> dict:
+    """The preprocessing a layer's transform_param declares, as ``Net.preprocess`` keeps it."""
     t = layer.transform_param
     pre: dict = {}
     if layer.HasField("transform_param"):
@@ -379,10 +392,20 @@ def _data_layer_shape(layer: caffe_pb2.LayerParameter, where: str) -> tuple[tupl
             pre["scale"] = float(t.scale)
         if t.mirror:
             pre["mirror"] = True
+    return pre
+
+
+def _data_layer_shape(layer: caffe_pb2.LayerParameter, where: str) -> tuple[tuple[int, ...] | None, dict]:
+    """The N,C,H,W a data layer feeds, as far as its parameters say, and the preprocessing it declares."""
+    t = layer.transform_param
+    pre = transform_dict(layer)
     kind = layer.type
     batch, channels, height, width = 1, 3, 0, 0
     if kind == "Data":
         batch = layer.data_param.batch_size or 1
+        known = data_set_shape(layer.data_param.source)
+        if known is not None:
+            channels, height, width = known
     elif kind == "ImageData":
         p = layer.image_data_param
         batch = p.batch_size or 1
@@ -474,6 +497,9 @@ def normalize(
     preprocess: dict = {}
     if deploy:
         kept, preprocess = _deploy_view(kept, source, overrides)
+    if not preprocess:  # a deploy file whose Input layer carries the data layer's transform_param
+        preprocess = next((transform_dict(lay) for lay, _ in kept if lay.type == "Input"
+                           and lay.HasField("transform_param")), {})
 
     names: set[str] = set()
     out_layers: list[Layer] = []
@@ -554,6 +580,8 @@ def _deploy_view(
             preprocess = pre
         new = caffe_pb2.LayerParameter(name=layer.name, type="Input")
         new.top.extend(tops[i] for i in wanted)
+        if layer.HasField("transform_param"):  # Caffe's schema allows it on any layer: the deploy keeps it
+            new.transform_param.CopyFrom(layer.transform_param)
         for shape in shapes:
             new.input_param.shape.add().dim.extend(shape)
         out.append((new, line))

@@ -24,10 +24,12 @@ from ninport.cli import debug_option, json_option
               help="auto: CUDA when available and the solver's solver_mode is GPU.")
 @click.option("--threads", type=int,
               help="torch threads per process on CPU (default: 1 for small nets, else the cores / nproc).")
+@click.option("--seed", type=int, metavar="N",
+              help="Random seed instead of the solver's random_seed (fillers, dropout, transforms).")
 @json_option
 @debug_option
 def train(solver: str, output_dir: str | None, nproc: int, resume: str | None, weights: tuple[str, ...],
-          device: str, threads: int | None, as_json: bool) -> None:
+          device: str, threads: int | None, seed: int | None, as_json: bool) -> None:
     """Train the net a Caffe SOLVER names, as Caffe's SGD solver would.
 
     Data layers name a data set in data_param's source: "digits", "cifar10:PATH",
@@ -38,6 +40,7 @@ def train(solver: str, output_dir: str | None, nproc: int, resume: str | None, w
     Example:
       ninport train reference/nin_digits/solver.prototxt --output-dir runs/digits
       ninport train solver.prototxt --nproc 2 --json
+      ninport train reference/nin_digits/solver_fc.prototxt --seed 3 --output-dir runs/fc3
       ninport train solver.prototxt --resume runs/digits/nin_digits_iter_500.solverstate
       torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 -m ninport.cli train SOLVER
     """
@@ -45,7 +48,7 @@ def train(solver: str, output_dir: str | None, nproc: int, resume: str | None, w
 
     progress = not as_json and sys.stderr.isatty()
     metrics = run_train(solver, output_dir=output_dir, nproc=nproc, resume=resume, weights=list(weights),
-                        progress=progress, device=device, threads=threads)
+                        progress=progress, device=device, threads=threads, seed=seed)
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports
         return
     if as_json:

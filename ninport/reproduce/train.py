@@ -127,7 +127,9 @@ class DataSource:
         transform = caffe_pb2.TransformationParameter()
         transform.CopyFrom(layer.param.transform_param)
         if transform.mean_file:
-            transform.mean_file = resolve(transform.mean_file)
+            transform.mean_file = os.path.abspath(resolve(transform.mean_file))
+        # What the deploy file's Input layer carries: the transform as declared, its mean file where it was found.
+        self.transform_param = transform if layer.param.HasField("transform_param") else None
         try:
             self.transform = Transform.from_param(transform, phase=phase)
         except NinportError as exc:
@@ -427,8 +429,14 @@ def share_weights(target: Sequence[ParamBlob], source: Sequence[ParamBlob]) -> N
 # Files written beside the snapshots
 
 
-def deploy_prototxt(net: Net, input_shapes: dict[str, tuple[int, ...]]) -> str:
-    """The deploy view as V2 text with Caffe's blob names, an Input layer, and no phase rules."""
+def deploy_prototxt(net: Net, input_shapes: dict[str, tuple[int, ...]],
+                    transforms: dict[str, caffe_pb2.TransformationParameter] | None = None) -> str:
+    """The deploy view as V2 text with Caffe's blob names, an Input layer, and no phase rules.
+
+    The Input layer keeps the data layer's ``transform_param`` (Caffe's schema allows it on any layer; Caffe's
+    InputLayer ignores it, ninport's convert/evaluate/run read it): ``transforms`` maps an input blob to the
+    transform to write for it, e.g. with its mean file's path resolved.
+    """
     message = caffe_pb2.NetParameter(name=net.name)
     for layer in net.layers:
         p = caffe_pb2.LayerParameter()
@@ -443,6 +451,9 @@ def deploy_prototxt(net: Net, input_shapes: dict[str, tuple[int, ...]]) -> str:
             del p.input_param.shape[:]
             for top in layer.caffe_tops:
                 p.input_param.shape.add().dim.extend(input_shapes[top])
+            given = [transforms[top] for top in layer.caffe_tops if transforms and top in transforms]
+            if given:
+                p.transform_param.CopyFrom(given[0])
         message.layer.append(p)
     return text_format.MessageToString(message)
 
@@ -520,6 +531,7 @@ class TrainConfig:
     progress: bool = False
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads per process; None: chosen from the net's size
+    seed: int | None = None  # instead of the solver's random_seed (to repeat a run with other seeds)
 
 
 # Below this many multiply-accumulates per forward pass of a batch, one thread per process is faster: small
@@ -537,7 +549,9 @@ class Trainer:
         self.param = read_solver(self.solver_path)
         self.resolve = Resolver(os.path.dirname(os.path.abspath(self.solver_path)))
         self.device = self._device(config.device, local_rank)
-        seed = int(self.param.random_seed)
+        seed = int(self.param.random_seed) if config.seed is None else int(config.seed)
+        if config.seed is not None and seed < 0:
+            raise NinportError(f"--seed must not be negative, got {seed}")
         self.seed_given = seed >= 0
         self.seed = seed if seed >= 0 else secrets.randbits(31)
         self.train_spec, self.test_specs = self._net_specs()
@@ -807,8 +821,9 @@ class Trainer:
             "TEST" if self.tests else "TRAIN",
             (self.test_specs[0][1] if self.tests else None),
             deploy=True, input_shape=shapes)
+        transforms = {s.tops[0]: s.transform_param for s in phase.sources if s.transform_param is not None}
         path = os.path.join(self.out_dir, "deploy.prototxt")
-        atomic_write_bytes(path, deploy_prototxt(net, shapes).encode())
+        atomic_write_bytes(path, deploy_prototxt(net, shapes, transforms).encode())
         return path
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -904,7 +919,8 @@ class Trainer:
             "device": str(self.device),
             "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "seed": self.seed,
-            "seed_from_solver": self.seed_given,
+            "seed_from_solver": self.seed_given and self.config.seed is None,
+            "seed_from_option": self.config.seed is not None,
             "seconds": round(seconds, 3),
             "snapshot": model,
             "solverstate": state,
@@ -966,14 +982,15 @@ def _spawned(index: int, config: TrainConfig, world: int, port: int, result_dir:
 
 def train(solver: str | os.PathLike, output_dir: str | os.PathLike | None = None, nproc: int = 1,
           resume: str | os.PathLike | None = None, weights: Sequence[str] = (), progress: bool = False,
-          device: str = "auto", threads: int | None = None) -> dict:
+          device: str = "auto", threads: int | None = None, seed: int | None = None) -> dict:
     """Train with Caffe's solver semantics; returns the final metrics (rank 0's; ``{}`` on other ranks).
 
     Under ``torchrun`` (RANK/WORLD_SIZE in the environment) each launched process is one rank and ``nproc`` is
     ignored; otherwise ``nproc`` > 1 spawns that many processes on this machine.
     """
     config = TrainConfig(os.fspath(solver), None if output_dir is None else os.fspath(output_dir),
-                         None if resume is None else os.fspath(resume), list(weights), progress, device, threads)
+                         None if resume is None else os.fspath(resume), list(weights), progress, device, threads,
+                         seed)
     launched = _torchrun_env()
     if launched is not None and launched[1] > 1:
         rank, world, local_rank = launched
