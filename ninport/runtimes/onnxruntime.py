@@ -364,6 +364,7 @@ class OnnxRuntime(Runtime):
         self.threads = threads
         inputs = self.session.session.get_inputs()
         self.input_names = [i.name for i in inputs]
+        self.input_shapes = {i.name: list(i.shape) for i in inputs}  # symbolic dims are names (str)
         self.output_names = self.session.output_names
         self._types = {i.name: _np_type(i.type) for i in inputs}
 
