@@ -223,103 +223,45 @@ def _prepare_onnx(path: str, caffemodel) -> BenchModel:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Runtimes: each becomes a callable that runs one batch
+# Runtimes (from ninport.runtimes): each becomes a callable that runs one batch
 
 
 class Runner:
-    """One runtime, set up for the model; ``prepare(batch)`` before timing calls of ``run(x)``."""
+    """One runtime set up for the model; ``prepare(batch)`` before timing calls of ``run(x)``."""
 
-    name = ""
+    def __init__(self, name: str, runtime, input_name: str):
+        self.name = name
+        self.runtime = runtime
+        self.input_name = input_name
 
-    def prepare(self, batch: int) -> None:  # noqa: B027 - most runtimes need no per-batch work
-        pass
+    def prepare(self, batch: int) -> None:
+        self.runtime.prepare(batch)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError
+        return list(self.runtime.run({self.input_name: x}).values())
 
 
-class OrtRunner(Runner):
-    name = "onnxruntime"
+def load_runner(name: str, model: BenchModel, threads: int) -> Runner:
+    """The runtime ``name`` of ``RUNTIMES`` loaded for ``model``: onnxruntime on the CPU, OpenVINO's CPU plugin in
+    float32, OpenCV on the Caffe files when there are some (else on the ONNX file), the torch module."""
+    from ninport import runtimes
 
-    def __init__(self, model: BenchModel, threads: int):
-        from ninport.onnx.runtime import make_session
-
-        self.session = make_session(model.onnx_path, provider="cpu", threads=threads)
-        self.input_name = model.input_name
-
-    def run(self, x):
-        return self.session.session.run(None, {self.input_name: x})
-
-
-class OpenVinoRunner(Runner):
-    name = "openvino"
-
-    def __init__(self, model: BenchModel, threads: int):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise RuntimeUnavailableError("openvino is not installed (pip install 'ninport[openvino]')") from None
-        self.core = ov.Core()
-        self.model = model
-        self.config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                       "INFERENCE_PRECISION_HINT": "f32"}
-        self.request = None
-
-    def prepare(self, batch):
-        # One compiled model per batch size: a static shape lets OpenVINO pick its best kernels.
-        graph = self.core.read_model(self.model.onnx_path)
-        graph.reshape({self.model.input_name: [batch, *self.model.item_shape]})
-        self.request = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
-
-    def run(self, x):
-        result = self.request.infer({0: x})
-        return [np.asarray(v) for v in result.values()]
-
-
-class OpenCvRunner(Runner):
-    name = "opencv"
-
-    def __init__(self, model: BenchModel, threads: int):
-        try:
-            import cv2
-        except ImportError:
-            raise RuntimeUnavailableError("OpenCV is not installed (pip install opencv-python-headless)") from None
-        cv2.setNumThreads(threads)
+    if name == "onnxruntime":
+        runtime = runtimes.load("onnxruntime", model.onnx_path, provider="cpu", threads=threads)
+    elif name == "openvino":
+        runtime = runtimes.load("openvino", model.onnx_path, threads=threads)
+    elif name == "opencv":
         if model.prototxt and model.caffemodel:
-            self.net = cv2.dnn.readNetFromCaffe(model.prototxt, model.caffemodel)
-            self.source = "caffemodel"
+            runtime = runtimes.load("opencv-caffe", (model.prototxt, model.caffemodel), threads=threads)
         else:
-            self.net = cv2.dnn.readNetFromONNX(model.onnx_path)
-            self.source = "onnx"
-        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        self.outputs = model.output_names
-
-    def run(self, x):
-        self.net.setInput(x)
-        return list(self.net.forward(self.outputs))
-
-
-class TorchRunner(Runner):
-    name = "torch"
-
-    def __init__(self, model: BenchModel, threads: int):
+            runtime = runtimes.load("opencv-onnx", model.onnx_path, threads=threads)
+    elif name == "torch":
         if model.module_factory is None:
             raise RuntimeUnavailableError(model.notes[-1] if model.notes else "no torch module for this model")
-        import torch
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.module = model.module_factory().eval()
-
-    def run(self, x):
-        with self.torch.inference_mode():
-            out = self.module(self.torch.from_numpy(x))
-        outs = out if isinstance(out, tuple) else (out,)
-        return [o.numpy() for o in outs]
-
-
-RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "opencv": OpenCvRunner, "torch": TorchRunner}
+        runtime = runtimes.load("torch", model.module_factory, provider="cpu", threads=threads)
+    else:
+        raise NinportError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
+    return Runner(name, runtime, model.input_name)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -408,7 +350,7 @@ def run_bench(
 ) -> dict:
     """Benchmark ``runtimes`` on one model; see the module docstring. Returns the report as a dict."""
     threads = threads or os.cpu_count() or 1
-    unknown = [r for r in runtimes if r not in RUNNERS]
+    unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise NinportError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
     if not batches or any(b < 1 for b in batches):
@@ -442,7 +384,7 @@ def bench_prepared(
     skipped: dict[str, str] = {}
     for name in runtimes:
         try:
-            runners[name] = RUNNERS[name](bench_model, threads)
+            runners[name] = load_runner(name, bench_model, threads)
         except RuntimeUnavailableError as exc:
             skipped[name] = str(exc)
         except Exception as exc:  # a runtime that cannot load this model is reported, not fatal
