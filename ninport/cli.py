@@ -157,6 +157,10 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--static-batch", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
 @click.option("--fp16", is_flag=True, help="Write float16 weights (float32 inputs and outputs).")
+@click.option("--rtol", type=float, default=1e-5, show_default=True,
+              help="Fixed relative floor of the parity check: onnxruntime's output passes when its distance from "
+                   "a float64 torch forward (max abs / max |float64|) is at most max(RTOL, 10 × the float32 torch "
+                   "module's own distance).")
 @click.option("--verify", "run_verify", is_flag=True,
               help="Afterwards, compare every blob across torch, the ONNX file and OpenCV (see `ninport verify`).")
 @caffe_proto_option
@@ -164,8 +168,8 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 @debug_option
 @click.pass_context
 def convert(ctx: click.Context, prototxt: str, caffemodel: str, output: str | None, input_shape: str | None,
-            phase: str, opset: int, static_batch: bool, fp16: bool, run_verify: bool, caffe_proto: str | None,
-            as_json: bool) -> None:
+            phase: str, opset: int, static_batch: bool, fp16: bool, rtol: float, run_verify: bool,
+            caffe_proto: str | None, as_json: bool) -> None:
     """Convert a Caffe model to ONNX (checked in onnxruntime) and to a PyTorch .pt file.
 
     \b
@@ -174,14 +178,16 @@ def convert(ctx: click.Context, prototxt: str, caffemodel: str, output: str | No
     """
     from ninport.convert import convert as run_convert
 
+    if not rtol > 0:
+        raise NinportError(f"--rtol must be positive, got {rtol:g}")
     result = run_convert(prototxt, caffemodel, output, input_shape=input_shape, phase=phase.upper(), opset=opset,
-                         static_batch=static_batch, caffe_proto=caffe_proto, fp16=fp16)
+                         static_batch=static_batch, caffe_proto=caffe_proto, fp16=fp16, tolerance=rtol)
     report = None
     if run_verify:
         from ninport.verify import verify as verify_net
 
         report = verify_net(prototxt, caffemodel, onnx_path=result.onnx_path, input_shape=input_shape,
-                            phase=phase.upper(), caffe_proto=caffe_proto)
+                            phase=phase.upper(), caffe_proto=caffe_proto, rtol=rtol)
     if as_json:
         out = result.as_dict()
         if report is not None:
@@ -201,8 +207,8 @@ def _print_convert(result, report) -> None:
     click.echo(f"spatial trace: {format_trace(result.trace)}")
     click.echo(f"parameters: {result.params:,}   MACs: {result.macs:,}")
     for p in result.parity:
-        click.echo(f"parity onnxruntime vs torch, {p.blob} at batch {p.batch}: max abs {p.max_abs:.3g}, "
-                   f"relative {p.rel:.3g}")
+        click.echo(f"parity onnxruntime vs float64 torch, {p.blob} at batch {p.batch}: relative {p.rel:.3g} "
+                   f"(floor {p.floor:.3g}, tolerance {p.tolerance:.3g}), max abs {p.max_abs:.3g}")
     precision = "float16" if result.fp16 else "float32"
     click.echo(f"wrote {result.onnx_path} (opset {result.opset}, {precision}) and {result.pt_path} "
                f"in {result.seconds:.2f} s")

@@ -31,15 +31,20 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 @dataclass
 class Parity:
-    """How far one backend's output is from a reference: max abs difference and that over max |reference|."""
+    """How far onnxruntime's output is from the float64 truth (max abs difference and that over max |truth|),
+    beside the float32 torch module's own relative distance (the floor) and the tolerance they make
+    (``ninport.parity``)."""
 
     blob: str
     max_abs: float
     rel: float
     batch: int
+    floor: float = 0.0
+    tolerance: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"blob": self.blob, "max_abs": self.max_abs, "rel": self.rel, "batch": self.batch}
+        return {"blob": self.blob, "max_abs": self.max_abs, "rel": self.rel, "batch": self.batch,
+                "floor": self.floor, "tolerance": self.tolerance}
 
 
 @dataclass
@@ -347,29 +352,40 @@ def _check_onnx(data: bytes) -> None:
         raise NinportError(f"the exported ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
 
 
-def _torch_reference(module, batches) -> list[tuple[int, tuple, list[np.ndarray]]]:
-    """The torch module's outputs on the seeded parity inputs: (batch, inputs, outputs) per batch."""
+def _torch_reference(module, batches) -> list[tuple[int, tuple, list[np.ndarray], list[np.ndarray]]]:
+    """The torch module's outputs on the seeded parity inputs, in float32 and (the truth) in float64:
+    (batch, inputs, float32 outputs, float64 outputs) per batch."""
+    from ninport.parity import float64_module, forward_truth
+
     module.eval()
+    module64 = float64_module(module)
     cases = []
     for batch in batches:
         inputs = module.example_inputs(batch=batch, seed=batch)
         with torch.no_grad():
             expected = module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
-        cases.append((batch, inputs, [t.numpy() for t in expected]))
+        truth = forward_truth(module, [t.numpy() for t in inputs], module64=module64)
+        cases.append((batch, inputs, [t.numpy() for t in expected], [truth[n] for n in module.output_names]))
     return cases
 
 
 def _compare_outputs(module, cases, got, tolerance: float) -> list[Parity]:
+    """onnxruntime against the float64 truth, with the float32 module's distance as the floor
+    (``ninport.parity``); ``tolerance`` is the fixed relative floor (``--rtol``)."""
+    from ninport.parity import NOISE_FACTOR, distance, judge
+
     results = []
-    for (batch, _, expected), outputs in zip(cases, got):
-        for name, ref, out in zip(module.output_names, expected, outputs):
-            max_abs, rel = compare(ref, out)
-            results.append(Parity(name, max_abs, rel, batch))
-            if not rel <= tolerance:
+    for (batch, _, expected, truths), outputs in zip(cases, got):
+        for name, ref, truth, out in zip(module.output_names, expected, truths, outputs):
+            floor = distance(truth, ref)[1]
+            verdict = judge(truth, floor, out, tolerance)
+            results.append(Parity(name, verdict.max_abs, verdict.rel, batch, floor, verdict.tolerance))
+            if not verdict.ok:
                 raise ParityError(
-                    f"onnxruntime and the torch module differ on blob {name!r} at batch {batch}: "
-                    f"max abs {max_abs:.3g}, relative {rel:.3g} > {tolerance:g}"
+                    f"onnxruntime is off on blob {name!r} at batch {batch}: relative distance {verdict.rel:.3g} "
+                    f"from a float64 forward > {verdict.tolerance:.3g} = max(rtol {tolerance:g}, "
+                    f"{NOISE_FACTOR:g} × the float32 torch module's own {floor:.3g}); max abs {verdict.max_abs:.3g}"
                 )
     return results
 
@@ -383,7 +399,7 @@ def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[P
     cases = _torch_reference(module, batches)
     session = make_session(onnx_bytes, provider="cpu").session
     got = []
-    for _, inputs, _ in cases:
+    for _, inputs, _, _ in cases:
         feeds = {name: t.numpy() for name, t in zip(module.input_names, inputs)}
         got.append(session.run(module.output_names, feeds))
     return _compare_outputs(module, cases, got, tolerance)

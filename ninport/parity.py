@@ -1,0 +1,104 @@
+"""The parity rule shared by ``convert``, ``verify`` and ``bench``: a float32 result is judged by its distance
+from a float64 forward of the same torch module (the truth), against the float32 module's own distance from
+that truth (the net's noise floor), and anything under a fixed relative floor (``rtol``) passes.
+
+Distances are relative: the largest absolute difference over the largest magnitude of the truth, per blob.
+A result passes when ``rel <= max(rtol, NOISE_FACTOR * floor)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_RTOL = 1e-5
+# How far past the float32 module's own error another float32 backend may land: its kernels sum in another
+# order (Winograd, blocked GEMM, fused BatchNorm), which moves the rounding error by a small factor, not more.
+NOISE_FACTOR = 10.0
+# The float32 module's own distance from the float64 one above this is no rounding noise but a fault of a
+# float32-only path.
+NOISE_CEILING = 1e-3
+_CHUNK = 1 << 20
+
+
+def tolerance(floor: float, rtol: float = DEFAULT_RTOL) -> float:
+    """The largest relative distance from the truth that passes, for a blob whose noise floor is ``floor``."""
+    if not math.isfinite(floor):
+        return rtol
+    return max(rtol, NOISE_FACTOR * floor)
+
+
+def distance(truth: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(max abs difference, that over max |truth|) in float64, a chunk at a time; arrays of the same size but
+    another shape (a runtime that keeps trailing 1-dims, a Flatten view) compare flat, another size is inf."""
+    ref_all = np.asarray(truth).reshape(-1)
+    got_all = np.asarray(other).reshape(-1)
+    if ref_all.size != got_all.size:
+        return math.inf, math.inf
+    if ref_all.size == 0:
+        return 0.0, 0.0
+    max_abs = scale = np.float64(0.0)
+    for start in range(0, ref_all.size, _CHUNK):
+        ref = ref_all[start : start + _CHUNK].astype(np.float64)
+        got = got_all[start : start + _CHUNK].astype(np.float64)
+        max_abs = np.maximum(max_abs, np.max(np.abs(ref - got)))  # np.maximum keeps a NaN
+        scale = np.maximum(scale, np.max(np.abs(ref)))
+    max_abs, scale = float(max_abs), float(scale)
+    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+@dataclass
+class Judgement:
+    """One float32 result against the truth: its distance, the net's floor there, and the verdict."""
+
+    max_abs: float
+    rel: float
+    floor: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rel <= self.tolerance  # False for NaN
+
+
+def judge(truth: np.ndarray, floor: float, other: np.ndarray, rtol: float = DEFAULT_RTOL) -> Judgement:
+    """``other`` against ``truth`` (float64) where the float32 module is ``floor`` away."""
+    max_abs, rel = distance(truth, other)
+    return Judgement(max_abs, rel, floor, tolerance(floor, rtol))
+
+
+def judge_floor(truth: np.ndarray, float32: np.ndarray, rtol: float = DEFAULT_RTOL) -> Judgement:
+    """The float32 module itself: its distance is the floor; it fails only past ``NOISE_CEILING`` (or when not
+    finite), which no rounding explains."""
+    max_abs, rel = distance(truth, float32)
+    return Judgement(max_abs, rel, rel, max(rtol, NOISE_CEILING))
+
+
+def float64_module(module):
+    """A float64 copy of a ``CaffeNet`` (the original is left as it is)."""
+    return copy.deepcopy(module).double().eval()
+
+
+def forward_truth(module, inputs: Sequence, blobs: bool = False, module64=None) -> dict[str, np.ndarray]:
+    """The float64 forward on the same (float32) inputs: every blob version when ``blobs``, else the outputs,
+    keyed by blob name."""
+    import torch
+
+    module64 = module64 if module64 is not None else float64_module(module)
+    tensors = [torch.as_tensor(np.asarray(x)).double() for x in inputs]
+    with torch.no_grad():
+        if blobs:
+            return {k: v.numpy() for k, v in module64.forward_blobs(*tensors).items()}
+        out = module64(*tensors)
+    out = out if isinstance(out, tuple) else (out,)
+    return {name: t.numpy() for name, t in zip(module.output_names, out)}
+
+
+def describe(rtol: float = DEFAULT_RTOL) -> str:
+    """The rule in one line, for reports."""
+    return (f"distance from a float64 forward <= max(rtol {rtol:g}, {NOISE_FACTOR:g} × the float32 module's own "
+            "distance)")
