@@ -26,6 +26,7 @@ LAZY_COMMANDS = {
     "train": "ninport.commands.train:train",
     "bench": "ninport.commands.bench:bench",
     "layers": "ninport.commands.layers:layers",
+    "quantize": "ninport.commands.quantize:quantize",
 }
 
 
