@@ -531,14 +531,15 @@ def test_include_and_exclude_together_is_an_error(write_prototxt):
         read_net(path)
 
 
-def test_same_name_in_both_phases_is_fine_but_not_twice_in_one(write_prototxt):
+def test_same_name_in_both_phases_is_fine_and_twice_in_one_as_in_caffe(write_prototxt):
     ok = _rules_net({"x": "include { phase: TRAIN }"}) + (
         'layer { name: "x" type: "ReLU" bottom: "data" top: "data" include { phase: TEST } }\n'
     )
     assert [x.name for x in read_net(write_prototxt(ok)).layers] == ["input", "x"]
-    bad = _rules_net({"x": ""}) + 'layer { name: "x" type: "ReLU" bottom: "data" top: "data" }\n'
-    with pytest.raises(NetError, match="'x'"):
-        read_net(write_prototxt(bad, "bad.prototxt"))
+    # Caffe never checks names for uniqueness: the repeat is kept under a derived name (tests/test_leniency.py).
+    twice = _rules_net({"x": ""}) + 'layer { name: "x" type: "ReLU" bottom: "data" top: "data" }\n'
+    net = read_net(write_prototxt(twice, "twice.prototxt"))
+    assert [(x.name, x.caffe_name) for x in net.layers[1:]] == [("x", "x"), ("x#2", "x")]
 
 
 # ---------------------------------------------------------------------------------------------------------

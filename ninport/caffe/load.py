@@ -105,10 +105,22 @@ def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | 
         # The wire-format reader: numpy views of the mapped file, no per-float objects (ninport.caffe.wire).
         found = read_weights(source)
     shapes = shapes or infer_shapes(net)
+    # Caffe's Net::CopyTrainedLayersFrom (net.cpp) copies each caffemodel layer into the *first* net layer of
+    # that name; a later layer with the same name gets nothing from the file and keeps its filler values.
+    first_of: dict[str, str] = {}
+    for layer in net.layers:
+        first_of.setdefault(layer.caffe_name, layer.name)
     for layer in net.layers:
         expected = shapes.layers[layer.name].params
-        blobs = found.get(layer.name, [])
         what = f"layer {layer.name!r} ({layer.type}, {net.where(layer)})"
+        if first_of[layer.caffe_name] != layer.name:
+            if expected:
+                raise WeightsError(
+                    f"{what} repeats the name {layer.caffe_name!r}: Caffe copies weights only into the first "
+                    "layer of a name and leaves this one at its random filler values; rename it to load weights"
+                )
+            continue
+        blobs = found.get(layer.caffe_name, [])
         if expected and not blobs:
             raise WeightsError(f"{what} has no weights in {source}: it needs {len(expected)} blob(s)")
         if len(blobs) != len(expected):

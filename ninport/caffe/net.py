@@ -26,12 +26,17 @@ class Layer:
     param: caffe_pb2.LayerParameter
     blobs: list[np.ndarray] = field(default_factory=list)
     line: int | None = None  # where the layer block starts in the prototxt, when known
+    # The name the prototxt gives; differs from ``name`` only for a repeated name (Caffe never checks that
+    # names are unique; ninport gives the second ``conv#2`` and so on, so modules and shapes stay addressable).
+    caffe_name: str = ""
 
     # Caffe's own names for the blobs above; they differ from bottoms/tops only for in-place versions.
     caffe_bottoms: list[str] = field(default_factory=list)
     caffe_tops: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.caffe_name:
+            self.caffe_name = self.name
         if not self.caffe_bottoms:
             self.caffe_bottoms = list(self.bottoms)
         if not self.caffe_tops:
@@ -66,8 +71,12 @@ class Net:
 
     @property
     def outputs(self) -> list[str]:
-        """Blobs no layer consumes, in the order they are produced: the net's outputs."""
-        consumed = {b for layer in self.layers for b in layer.bottoms}
+        """Blobs no layer consumes, in the order they are produced: the net's outputs.
+
+        A blob only Silence reads is still an output: Silence just quiets Caffe's log of unread tops, and a
+        net that silences its last blob (colorization) still means it as its result.
+        """
+        consumed = {b for layer in self.layers if layer.type != "Silence" for b in layer.bottoms}
         outs: list[str] = []
         for layer in self.layers:
             outs.extend(t for t in layer.tops if t not in consumed and t not in outs)

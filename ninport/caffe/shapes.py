@@ -550,3 +550,7 @@ def infer_shapes(net: Net) -> NetShapes:
             blobs[top] = tuple(int(d) for d in shape)
         per_layer[layer.name] = shapes
     return NetShapes(blobs, per_layer)
+
+
+# The rules of fork layers live in their own family file; importing it registers them here.
+from ninport.caffe import fork_shapes  # noqa: E402,F401

@@ -507,14 +507,21 @@ def normalize(
     for layer, line in kept:
         if not layer.name:
             raise NetError(f"{source}:{line}: a {layer.type or 'typeless'} layer has no name")
-        if layer.name in names:
-            raise NetError(f"{source}:{line}: two layers are named {layer.name!r} in phase {phase}")
         if not layer.type:
             raise NetError(f"{source}:{line}: layer {layer.name!r} has no type")
-        names.add(layer.name)
+        name = caffe_name = layer.name
+        if name in names:
+            # Caffe never checks that layer names are unique (net.cpp, Init); HED and SSDLite repeat them.
+            # The repeat gets ``name#k`` here and keeps its Caffe name in ``Layer.caffe_name``.
+            k = 2
+            while f"{layer.name}#{k}" in names:
+                k += 1
+            name = f"{layer.name}#{k}"
+            layer = _renamed(layer, name)
+        names.add(name)
         out_layers.append(
-            Layer(name=layer.name, type=layer.type, bottoms=list(layer.bottom), tops=list(layer.top),
-                  param=layer, line=line)
+            Layer(name=name, type=layer.type, bottoms=list(layer.bottom), tops=list(layer.top),
+                  param=layer, line=line, caffe_name=caffe_name)
         )
     inputs = _apply_input_shapes(out_layers, overrides, source)
     net = Net(name=net_param.name or "net", layers=out_layers, inputs=inputs, source=source, phase=phase,
@@ -522,6 +529,55 @@ def normalize(
     _check_bottoms(net)
     _rename_in_place(net)
     return net
+
+
+def _python_data_shape(layer: caffe_pb2.LayerParameter) -> tuple[tuple[int, ...] | None, dict]:
+    """The N,C,H,W a Python data layer feeds, where its ``param_str`` says (``batch_size``, ``im_shape``,
+    ``crop_size``, ``channels``), and its ``mean`` as preprocessing; the dict is read as a literal, never run."""
+    import ast
+
+    text = layer.python_param.param_str.strip()
+    try:
+        value = ast.literal_eval(text if text.startswith("{") else "{" + text + "}") if text else {}
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = {}
+    if not isinstance(value, dict):
+        value = {}
+    pre: dict = {}
+    mean = value.get("mean")
+    if isinstance(mean, (list, tuple)) and mean and all(isinstance(v, (int, float)) for v in mean):
+        pre["mean_value"] = [float(v) for v in mean]
+    hw = value.get("im_shape") or value.get("crop_size")
+    if isinstance(hw, int):
+        hw = (hw, hw)
+    if not (isinstance(hw, (list, tuple)) and len(hw) == 2 and all(isinstance(v, int) and v > 0 for v in hw)):
+        return None, pre
+    batch = value.get("batch_size", 1)
+    channels = value.get("channels", 3)
+    if not (isinstance(batch, int) and batch > 0 and isinstance(channels, int) and channels > 0):
+        return None, pre
+    return (batch, channels, int(hw[0]), int(hw[1])), pre
+
+
+def _input_subset(layer: caffe_pb2.LayerParameter, keep: list[int]) -> caffe_pb2.LayerParameter:
+    """An Input layer with only the tops ``keep`` (and their shapes, when it gives one per top)."""
+    new = caffe_pb2.LayerParameter()
+    new.CopyFrom(layer)
+    del new.top[:]
+    new.top.extend(layer.top[i] for i in keep)
+    shapes = list(layer.input_param.shape)
+    if len(shapes) == len(layer.top) and len(shapes) > 1:
+        del new.input_param.shape[:]
+        for i in keep:
+            new.input_param.shape.add().CopyFrom(shapes[i])
+    return new
+
+
+def _renamed(layer: caffe_pb2.LayerParameter, name: str) -> caffe_pb2.LayerParameter:
+    copy = caffe_pb2.LayerParameter()
+    copy.CopyFrom(layer)
+    copy.name = name
+    return copy
 
 
 def _deploy_view(
@@ -551,6 +607,15 @@ def _deploy_view(
                 shape, pre = _data_layer_shape(layer, where)
                 data[id(layer)] = ([layer.top[0]], None if shape is None else [shape], pre, where)
             kept.append((layer, line))
+        elif layer.type == "Python" and not layer.bottom and layer.top:
+            # A Python data layer (FCN's voc_layers.VOCSegDataLayer): its first top is the image input.
+            shape, pre = _python_data_shape(layer)
+            data[id(layer)] = ([layer.top[0]], None if shape is None else [shape], pre, where)
+            kept.append((layer, line))
+        elif layer.type == "Input":
+            # Net-level inputs too: one that only a dropped loss layer reads (SRCNN's ``label``) goes away.
+            data[id(layer)] = (list(layer.top), None, {}, where)
+            kept.append((layer, line))
         elif is_loss_type(layer.type) or layer.type in TRAINING_ONLY_TYPES:
             dropped_reads.update(layer.bottom)
         else:
@@ -566,6 +631,11 @@ def _deploy_view(
         tops, shapes, pre, where = data[id(layer)]
         wanted = [i for i, top in enumerate(tops) if top in read or top not in dropped_reads]
         if not wanted:
+            continue
+        if layer.type == "Input":
+            if len(wanted) < len(tops):
+                layer = _input_subset(layer, wanted)
+            out.append((layer, line))
             continue
         first = tops[wanted[0]]
         if shapes is None:

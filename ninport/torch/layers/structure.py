@@ -3,6 +3,7 @@ Silence, Parameter (Caffe's concat_layer.cpp, slice_layer.cpp, ... of the same n
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,9 +71,33 @@ def softmax(ctx: LayerContext) -> nn.Module:
     return nn.Softmax(dim=ctx.layer.param.softmax_param.axis % len(ctx.bottom_shapes[0]))
 
 
-@register_layer("Dropout", notes="identity at inference")
+class TestTimeDropout(nn.Module):
+    """Dropout of the R-CNN fork with ``scale_train: false``: training keeps units unscaled, so inference
+    multiplies by 1 - ratio instead (rbgirshick/caffe-fast-rcnn, src/caffe/layers/dropout_layer.cpp, the
+    TEST branch of Forward_cpu: scale by 1 / scale_ with scale_ = 1 / (1 - ratio), both in float32)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+def _scale_train(p) -> bool:
+    """The fork field ``scale_train`` (default true), when the schema knows it."""
+    return not ("scale_train" in p.DESCRIPTOR.fields_by_name and p.HasField("scale_train") and not p.scale_train)
+
+
+@register_layer("Dropout", notes="identity at inference; scale_train: false (R-CNN fork) scales by 1 - ratio")
 def dropout(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.dropout_param
+    if not _scale_train(p):
+        scale = np.float32(1.0) / (np.float32(1.0) - np.float32(p.dropout_ratio))
+        return TestTimeDropout(float(np.float32(1.0) / np.float32(scale)))
     # Training scales kept units by 1 / (1 - ratio), as PyTorch does; at inference it is the identity.
     return nn.Dropout(p.dropout_ratio)
 

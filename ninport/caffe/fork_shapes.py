@@ -1,0 +1,87 @@
+"""Shape rules of layers that only Caffe forks have, each after the fork's own ``Reshape``/``LayerSetUp``.
+
+The fork and file are named at each rule; ``FORK_OF`` maps every type to the fork it comes from, for
+``ninport layers``. Fields a fork adds to the schema are read only through ``fork_param`` so that a schema
+without them gives one clear line instead of an AttributeError.
+"""
+
+from __future__ import annotations
+
+from ninport.caffe.net import Layer
+from ninport.caffe.shapes import LayerShapes, Shape, _conv_common, _count, conv_geometry, rule
+from ninport.errors import ShapeError
+
+# Layer type -> the fork (repository) whose source defines it.
+FORK_OF: dict[str, str] = {
+    "ReLU6": "MobileNet-v2 / SSDLite ports (e.g. chuanqi305/MobileNet-SSD, OpenCV's importer)",
+    "ConvolutionDepthwise": "MobileNet ports (conv_dw_layer.cpp, e.g. chuanqi305/MobileNet-SSD's caffe)",
+    "DepthwiseConvolution": "yonghenglh6/DepthwiseConvolution",
+    "Axpy": "SENet ports (hujie-frank/SENet, axpy_layer.cpp)",
+    "ShuffleChannel": "farmingyard/ShuffleNet (shuffle_channel_layer.cpp)",
+}
+
+
+def fork_param(layer: Layer, name: str):
+    """The fork parameter message ``name`` of a layer, or a ShapeError when the schema lacks it."""
+    if name not in layer.param.DESCRIPTOR.fields_by_name:
+        raise ShapeError(f"layer {layer.name!r} ({layer.type}): this schema has no {name}")
+    return getattr(layer.param, name)
+
+
+@rule("ReLU6")
+def _relu6(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    return LayerShapes([bottoms[0]])
+
+
+def depthwise_geometry(layer: Layer) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Kernel, stride, pad, dilation of ConvolutionDepthwise as conv_dw_layer.cpp's LayerSetUp reads them: the
+    usual ConvolutionParameter fields (an unset stride is 1, an unset pad 0, as upstream)."""
+    return conv_geometry(layer.param.convolution_param, layer, 2)
+
+
+@rule("ConvolutionDepthwise")
+def _convolution_depthwise(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    # conv_dw_layer.cpp: one k×k filter per input channel; the top has the bottom's channels whatever
+    # num_output says; weight C×1×kh×kw, bias C.
+    shape = bottoms[0]
+    if len(shape) != 4:
+        raise ShapeError(f"layer {layer.name!r}: ConvolutionDepthwise needs a 4-D bottom, got {list(shape)}")
+    kernel, stride, pad, dilation = depthwise_geometry(layer)
+    out = [(size + 2 * p - (d * (k - 1) + 1)) // s + 1
+           for size, k, s, p, d in zip(shape[2:], kernel, stride, pad, dilation)]
+    if any(o <= 0 for o in out):
+        raise ShapeError(f"layer {layer.name!r}: input {list(shape)} is too small for kernel {kernel}")
+    channels = shape[1]
+    top = (shape[0], channels, *out)
+    params = [(channels, 1, *kernel)] + ([(channels,)] if layer.param.convolution_param.bias_term else [])
+    return LayerShapes([top], params, _count(top) * kernel[0] * kernel[1])
+
+
+@rule("DepthwiseConvolution")
+def _depthwise_convolution(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    # yonghenglh6/DepthwiseConvolution: a ConvolutionLayer subclass with a faster kernel; shapes and blobs are
+    # Convolution's with the group the prototxt gives (group = channels in every published net).
+    return _conv_common(layer, bottoms, deconv=False)
+
+
+@rule("Axpy")
+def _axpy(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    # axpy_layer.cpp (SENet ports): bottoms a (N×C or N×C×1×1), x, y; top = a * x + y, shaped like x.
+    if len(bottoms) != 3:
+        raise ShapeError(f"layer {layer.name!r}: Axpy needs 3 bottoms (a, x, y), got {len(bottoms)}")
+    a, x, y = bottoms
+    if len(a) < 2 or a[0] != x[0] or a[1] != x[1] or _count(a) != a[0] * a[1]:
+        raise ShapeError(f"layer {layer.name!r}: Axpy scale {list(a)} must be N×C(×1×1) of {list(x)}")
+    if _count(x) != _count(y):
+        raise ShapeError(f"layer {layer.name!r}: Axpy x {list(x)} and y {list(y)} differ in size")
+    return LayerShapes([x], [], _count(x))
+
+
+@rule("ShuffleChannel")
+def _shuffle_channel(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    shape = bottoms[0]
+    group = fork_param(layer, "shuffle_channel_param").group
+    if group <= 0 or len(shape) < 2 or shape[1] % group:
+        raise ShapeError(f"layer {layer.name!r}: ShuffleChannel group {group} does not divide {list(shape)}")
+    return LayerShapes([shape])
+
