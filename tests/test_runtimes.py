@@ -245,3 +245,18 @@ def test_bad_requests_are_one_line(small, monkeypatch):
                                                  "pip install 'ninport[openvino]'")
     with pytest.raises(RuntimeUnavailableError, match="openvino is not installed"):
         runtimes.load("openvino", small["onnx"])
+
+
+def test_openvino_bf16_hint_computes_in_bf16(small):
+    if runtimes.availability("openvino"):
+        pytest.skip(runtimes.availability("openvino"))
+    flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        pytest.skip("this CPU has no bf16 instructions; OpenVINO then computes in float32")
+    runtime = runtimes.load("openvino", small["onnx"], precision="bf16")
+    assert runtime.version().endswith("bf16")
+    error = _rel(runtime.run({"data": small["x"]})["fc"], small["f64"]["fc"])
+    # bf16 keeps 8 significant bits: far above float32's floor, within a small multiple of 2^-8
+    assert _tolerance(small, "fc") < error < 20 * 2.0 ** -8
+    with pytest.raises(NinportError, match="bf16 only from a bf16 model"):
+        runtimes.load("onnxruntime", small["onnx"], precision="bf16")

@@ -344,6 +344,8 @@ class OnnxRuntime(Runtime):
                  warn: Callable[[str], None], optimization: str = "all",
                  optimized_cache: str | os.PathLike | None = None, trt_cache: str | os.PathLike | None = None,
                  cuda_options: dict | None = None):
+        if precision == "bf16":
+            raise NinportError("onnxruntime computes in bf16 only from a bf16 model file; load that as fp32")
         self.precision = precision
         self.extra_outputs = extra_outputs
         source = model

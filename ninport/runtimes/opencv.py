@@ -15,6 +15,10 @@ from ninport.runtimes.base import Runtime, read_onnx, with_outputs
 
 
 class _OpenCv(Runtime):
+    def _check_precision(self, precision: str) -> None:
+        if precision != "fp32":
+            raise NinportError(f"OpenCV's CPU backend computes in float32 only, not {precision}")
+
     def _setup(self, net, threads: int, input_names: list[str], output_names: list[str]) -> None:
         import cv2
 
@@ -38,6 +42,7 @@ class OpenCvOnnx(_OpenCv):
     def __init__(self, model, *, provider: str, precision: str, threads: int, extra_outputs: list[str], warn):
         import cv2
 
+        self._check_precision(precision)
         proto = read_onnx(model)
         if extra_outputs:
             proto = with_outputs(proto, extra_outputs)
@@ -61,6 +66,7 @@ class OpenCvCaffe(_OpenCv):
     def __init__(self, model, *, provider: str, precision: str, threads: int, extra_outputs: list[str], warn):
         import cv2
 
+        self._check_precision(precision)
         if not (isinstance(model, tuple | list) and len(model) == 2):
             raise NinportError("opencv-caffe takes (prototxt, caffemodel)")
         prototxt, caffemodel = model
