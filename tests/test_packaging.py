@@ -117,4 +117,6 @@ def test_the_gpu_project_is_the_same_project_but_for_onnxruntime():
     assert "onnxruntime-gpu[cuda,cudnn]" in " ".join(gpu["dependencies"]).replace(" ", "")
     user_extras = {k: v for k, v in main["optional-dependencies"].items() if k != "dev"}
     assert gpu["optional-dependencies"] == user_extras
+    for extra, deps in user_extras.items():  # an extra bringing the CPU build back would undo the split
+        assert not split(deps)[1], f"extra {extra!r} requires an onnxruntime build: {deps}"
     assert "gpu" not in main["optional-dependencies"], "an extra cannot remove the CPU build; see packaging/"
