@@ -87,7 +87,7 @@ def test_every_runtime_computes_the_net(small, kind, source, blobs):
     model = {"onnx": small["onnx"], "caffe": (small["prototxt"], small["caffemodel"]),
              "module": small["module"]}[source]
     runtime = runtimes.load(kind, model, provider="cpu", threads=1, extra_outputs=blobs)
-    assert runtime.provider == "cpu" and runtime.kind == kind
+    assert runtime.provider == "cpu" and runtime.kind == kind and runtime.input_names == ["data"]
     assert runtime.version().split()[0].lower() in ("onnxruntime", "openvino", "opencv", "torch")
     out = runtime.run({"data": small["x"]})
     assert set(out) == {"fc", *blobs}

@@ -73,13 +73,17 @@ class OpenCvCaffe(_OpenCv):
         for item in (prototxt, caffemodel):
             if isinstance(item, str | os.PathLike) and not os.path.exists(item):
                 raise NinportError(f"{os.fspath(item)}: no such file")
+        inputs: list[str] = []
         if isinstance(prototxt, bytes | str) and not os.path.exists(prototxt):
             text = prototxt.encode() if isinstance(prototxt, str) else prototxt
             net = cv2.dnn.readNetFromCaffe(np.frombuffer(text, np.uint8), np.frombuffer(caffemodel, np.uint8))
         else:
+            from ninport.caffe import read_net
+
+            inputs = list(read_net(prototxt).inputs)
             net = cv2.dnn.readNetFromCaffe(os.fspath(prototxt), os.fspath(caffemodel))
         outs = [net.getLayerNames()[i - 1] for i in np.asarray(net.getUnconnectedOutLayers()).ravel()]
-        self._setup(net, threads, [], [*outs, *[n for n in extra_outputs if n not in outs]])
+        self._setup(net, threads, inputs, [*outs, *[n for n in extra_outputs if n not in outs]])
 
     def version(self) -> str:
         import cv2
