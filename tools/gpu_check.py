@@ -104,9 +104,14 @@ def run_check(
     from ninport.torch.build import load_pt
 
     torch.backends.cudnn.allow_tf32 = False  # torch's fp32 convolutions in true float32, like the check's
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    report: dict = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "rows": [],
-                    "throughput": [], "unavailable": {}}
+    torch_on_device = device != "cuda" or torch.cuda.is_available()
+    sync = torch.cuda.synchronize if device == "cuda" and torch_on_device else (lambda: None)
+    report: dict = {"device": device, "rows": [], "throughput": [], "unavailable": {}, "peaks": {}}
+    if device == "cuda" and torch_on_device:
+        report["device"] = torch.cuda.get_device_name(0)
+    elif not torch_on_device:
+        report["unavailable"][f"torch-{device}"] = ("torch sees no CUDA device (a CPU build of torch?): no torch "
+                                                    "comparison, no fp16 floor, no peak")
     with tempfile.TemporaryDirectory(prefix="ninport-gpu-check-") as work:
         say(f"converting {prototxt} with seeded weights")
         caffemodel = os.path.join(work, "seeded.caffemodel")
@@ -132,7 +137,7 @@ def run_check(
         floors = {"fp32": {b: max(_rel(cpu[b], f64[b]), float(np.finfo(np.float32).eps)) for b in blobs}}
         torch_modules = {}
         for precision in precisions:
-            if precision == "fp16" and device != "cuda":
+            if (precision == "fp16" and device != "cuda") or not torch_on_device:
                 continue
             dtype = torch.float16 if precision == "fp16" else torch.float32
             torch_modules[precision] = copy.deepcopy(module).to(device=device, dtype=dtype)
@@ -177,7 +182,8 @@ def run_check(
 
                 seconds = _median_seconds(call, sync, repeat)
                 report["throughput"].append(_speed(f"torch-{device}", precision, batch, seconds, flops))
-    report["peaks"] = measure_peaks(device, precisions, max(3, repeat // 4))
+    if torch_on_device:
+        report["peaks"] = measure_peaks(device, precisions, max(3, repeat // 4))
     for entry in report["throughput"]:
         peak = report["peaks"].get(entry["precision"])
         entry["share_of_peak"] = entry["flops_per_s"] / peak if peak else None
@@ -207,7 +213,8 @@ def _speed(label: str, precision: str, batch: int, seconds: float, flops: float)
 
 def format_report(report: dict) -> str:
     lines = [f"device: {report['device']}",
-             "peak (torch matmul): " + ", ".join(f"{p} {v / 1e12:.2f} TFLOP/s" for p, v in report["peaks"].items()),
+             "peak (torch matmul): " + (", ".join(f"{p} {v / 1e12:.2f} TFLOP/s" for p, v in report["peaks"].items())
+                                        or "not measured"),
              f"model: {report['model']['prototxt']} (seeded weights), "
              f"{report['model']['flops_per_image'] / 1e9:.2f} GFLOP per image",
              "",
@@ -216,7 +223,8 @@ def format_report(report: dict) -> str:
     for row in report["rows"]:
         tol = f"{row['tolerance']:.2g}" if row["tolerance"] is not None else "(floor)"
         vs_cpu = f"{row['max_rel_vs_cpu']:.2g}" if row["max_rel_vs_cpu"] is not None else "-"
-        verdict = {None: "reference", True: "ok", False: f"FAILS from blob {row['first_divergence']}"}[row["ok"]]
+        verdict = {None: "reference" if row["runtime"].startswith("torch") else "not judged (no floor)", True: "ok",
+                   False: f"FAILS from blob {row['first_divergence']}"}[row["ok"]]
         lines.append(f"{row['runtime']:<24}{row['precision']:<10}{row['worst_blob']:<18}{row['error']:>10.2g}"
                      f"{tol:>11}{vs_cpu:>10}  {verdict}")
     for name, why in report["unavailable"].items():
