@@ -277,9 +277,11 @@ def make_session(
         else:
             written = f"{cached}.partial-{os.getpid()}"
             options.optimized_model_filepath = written
+    # Only a GPU provider's start is captured: its failure is where onnxruntime prints pages; a CPU session is quiet
+    # at this log level, and swapping the process's stderr would also swallow other threads' output meanwhile.
     log: list[str] = []
     try:
-        with capture_native_stderr() as log:
+        with capture_native_stderr() if wanted != "cpu" else contextlib.nullcontext(log) as log:
             session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
