@@ -36,7 +36,7 @@ INSTALL = {
     "opencv-onnx": "pip install 'ninport[opencv]'",
     "openvino": "pip install 'ninport[openvino]'",
     "onnxruntime": "pip install onnxruntime",
-    "onnxruntime-cuda": "pip install 'ninport[gpu]'",
+    "onnxruntime-cuda": "pip install ninport-gpu",
 }
 
 

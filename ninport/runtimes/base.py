@@ -27,8 +27,10 @@ _REGISTRY: dict[str, tuple[str, str, str, str]] = {
 KINDS = tuple(_REGISTRY)
 # onnxruntime's execution providers by their short names; ``auto`` is CUDA when it starts, else the CPU.
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
-# fp32: as converted; fp16: weights and activations in half precision (GPU providers; OpenVINO's hint elsewhere).
-PRECISIONS = ("fp32", "fp16")
+# What the runtime computes in besides the file's own types. fp32: the file as it is (a quantized file stays
+# quantized); fp16: a half-precision copy of the graph (onnxruntime) or engine (TensorRT) or OpenVINO's f16 hint;
+# bf16: OpenVINO's bf16 hint (onnxruntime runs bf16 only from a bf16 file).
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def _stderr_line(message: str) -> None:

@@ -216,6 +216,7 @@ def make_session(
     optimized_cache: str | os.PathLike | None = None,
     warn: Callable[[str], None] | None = None,
     trt_options: dict | None = None,
+    cuda_options: dict | None = None,
 ) -> Session:
     """An onnxruntime session for ``model`` (a path or the model's bytes) on the chosen provider.
 
@@ -261,10 +262,11 @@ def make_session(
     }[optimization]
     options.log_severity_level = 3
     providers: list = [CPU]
+    cuda = (CUDA, dict(cuda_options or {}))
     if wanted == "cuda":
-        providers = [CUDA, CPU]
+        providers = [cuda, CPU]
     elif wanted == "tensorrt":
-        providers = [(TENSORRT, dict(trt_options or {})), CUDA, CPU]
+        providers = [(TENSORRT, dict(trt_options or {})), cuda, CPU]
     where = model if isinstance(model, str) else "the model"
     cached = written = None
     if optimized_cache is not None:
@@ -275,9 +277,11 @@ def make_session(
         else:
             written = f"{cached}.partial-{os.getpid()}"
             options.optimized_model_filepath = written
+    # Only a GPU provider's start is captured: its failure is where onnxruntime prints pages; a CPU session is quiet
+    # at this log level, and swapping the process's stderr would also swallow other threads' output meanwhile.
     log: list[str] = []
     try:
-        with capture_native_stderr() as log:
+        with capture_native_stderr() if wanted != "cpu" else contextlib.nullcontext(log) as log:
             session = ort.InferenceSession(model, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for bad files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -333,13 +337,17 @@ def _cpu_name() -> str:
 
 class OnnxRuntime(Runtime):
     """onnxruntime behind the ``Runtime`` interface. ``precision="fp16"`` runs a float16 copy of the graph
-    (``ninport.onnx.float16``); TensorRT instead builds fp16 engines from the float32 graph."""
+    (``ninport.onnx.float16``); TensorRT instead builds fp16 engines from the float32 graph. ``cuda_options`` go
+    to the CUDA provider as they are (e.g. ``{"use_tf32": 0}`` for a strict float32 check)."""
 
     kind = "onnxruntime"
 
     def __init__(self, model, *, provider: str, precision: str, threads: int, extra_outputs: list[str],
                  warn: Callable[[str], None], optimization: str = "all",
-                 optimized_cache: str | os.PathLike | None = None, trt_cache: str | os.PathLike | None = None):
+                 optimized_cache: str | os.PathLike | None = None, trt_cache: str | os.PathLike | None = None,
+                 cuda_options: dict | None = None):
+        if precision == "bf16":
+            raise NinportError("onnxruntime computes in bf16 only from a bf16 model file; load that as fp32")
         self.precision = precision
         self.extra_outputs = extra_outputs
         source = model
@@ -359,7 +367,8 @@ class OnnxRuntime(Runtime):
             if trt_cache is not None:
                 trt_options["trt_engine_cache_path"] = os.fspath(trt_cache)
         self.session = make_session(source, provider=provider, threads=threads, optimization=optimization,
-                                    optimized_cache=optimized_cache, warn=warn, trt_options=trt_options)
+                                    optimized_cache=optimized_cache, warn=warn, trt_options=trt_options,
+                                    cuda_options=cuda_options)
         self.provider = self.session.provider
         self.threads = threads
         inputs = self.session.session.get_inputs()

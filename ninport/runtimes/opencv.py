@@ -15,6 +15,10 @@ from ninport.runtimes.base import Runtime, read_onnx, with_outputs
 
 
 class _OpenCv(Runtime):
+    def _check_precision(self, precision: str) -> None:
+        if precision != "fp32":
+            raise NinportError(f"OpenCV's CPU backend computes in float32 only, not {precision}")
+
     def _setup(self, net, threads: int, input_names: list[str], output_names: list[str]) -> None:
         import cv2
 
@@ -38,6 +42,7 @@ class OpenCvOnnx(_OpenCv):
     def __init__(self, model, *, provider: str, precision: str, threads: int, extra_outputs: list[str], warn):
         import cv2
 
+        self._check_precision(precision)
         proto = read_onnx(model)
         if extra_outputs:
             proto = with_outputs(proto, extra_outputs)
@@ -61,19 +66,24 @@ class OpenCvCaffe(_OpenCv):
     def __init__(self, model, *, provider: str, precision: str, threads: int, extra_outputs: list[str], warn):
         import cv2
 
+        self._check_precision(precision)
         if not (isinstance(model, tuple | list) and len(model) == 2):
             raise NinportError("opencv-caffe takes (prototxt, caffemodel)")
         prototxt, caffemodel = model
         for item in (prototxt, caffemodel):
             if isinstance(item, str | os.PathLike) and not os.path.exists(item):
                 raise NinportError(f"{os.fspath(item)}: no such file")
+        inputs: list[str] = []
         if isinstance(prototxt, bytes | str) and not os.path.exists(prototxt):
             text = prototxt.encode() if isinstance(prototxt, str) else prototxt
             net = cv2.dnn.readNetFromCaffe(np.frombuffer(text, np.uint8), np.frombuffer(caffemodel, np.uint8))
         else:
+            from ninport.caffe import read_net
+
+            inputs = list(read_net(prototxt).inputs)
             net = cv2.dnn.readNetFromCaffe(os.fspath(prototxt), os.fspath(caffemodel))
         outs = [net.getLayerNames()[i - 1] for i in np.asarray(net.getUnconnectedOutLayers()).ravel()]
-        self._setup(net, threads, [], [*outs, *[n for n in extra_outputs if n not in outs]])
+        self._setup(net, threads, inputs, [*outs, *[n for n in extra_outputs if n not in outs]])
 
     def version(self) -> str:
         import cv2

@@ -26,7 +26,7 @@ class OpenVino(Runtime):
             proto = with_outputs(proto, extra_outputs)
         self._bytes = proto.SerializeToString()
         self.config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                       "INFERENCE_PRECISION_HINT": "f16" if precision == "fp16" else "f32"}
+                       "INFERENCE_PRECISION_HINT": {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}[precision]}
         inits = {i.name for i in proto.graph.initializer}
         self.input_names = [i.name for i in proto.graph.input if i.name not in inits]
         self.output_names = [o.name for o in proto.graph.output]

@@ -37,7 +37,7 @@ class TorchModule(Runtime):
         self.device = device
         self.provider = device
         self.precision = precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.module = model.eval().to(device=device, dtype=self.dtype)
         self.input_names = list(getattr(model, "input_names", ["data"]))
         self.output_names = list(getattr(model, "output_names", ["output"]))
