@@ -41,7 +41,7 @@ def _tail(bottom: str, classes: int) -> str:
             f'layer {{ name: "prob" type: "Softmax" bottom: "fc" top: "prob" }}\n')
 
 
-def mobilenet_prototxt(size: int = 32) -> str:
+def mobilenet_prototxt(size: int = 64) -> str:
     """conv1, 13 depthwise/pointwise pairs and fc: 28 layers with weights, each conv followed by
     BatchNorm+Scale+ReLU."""
     text = _head("mobilenet_style", 3, size)
