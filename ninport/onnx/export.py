@@ -174,7 +174,8 @@ def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
     wrapper = _EveryBlob(module).eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
     dynamic_axes = None
     if dynamic_batch:
-        dynamic_axes = {name: {0: "N"} for name in module.input_names + wrapper.blob_names}
+        fixed = set(getattr(module, "batchless_inputs", ()))
+        dynamic_axes = {name: {0: "N"} for name in module.input_names + wrapper.blob_names if name not in fixed}
     # Past protobuf's 2 GB the exporter cannot hand back one message: it writes a file with external data.
     large = parameter_bytes(module) > EXTERNAL_DATA_BYTES
     scratch = tempfile.TemporaryDirectory(prefix="ninport-export-") if large else None
