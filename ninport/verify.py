@@ -658,7 +658,12 @@ def verify(
     torch_blobs = {k: v.detach().numpy() for k, v in torch_blobs.items()}
     report.backends.append(BackendStatus("torch", "ran", "float32, judged against the same module in float64"))
     say("torch float64")
-    truth = forward_truth(module, inputs, blobs=True, module64=float64_module(module))
+    try:
+        truth = forward_truth(module, inputs, blobs=True, module64=float64_module(module))
+    except (RuntimeError, TypeError, ValueError) as exc:  # a layer with no float64 path: no floor to judge by
+        report.notes.append(f"the float64 forward failed ({_error_text(exc, 200)}): every blob is judged against "
+                            "the float32 torch module, with --rtol alone")
+        truth = dict(torch_blobs)
     floors = {blob: distance(truth[blob], torch_blobs[blob])[1] for blob in versions}
 
     def add(blob: str, backend: str, order: int, got: np.ndarray, tolerance: float, label: str | None = None,
