@@ -280,15 +280,33 @@ def percentiles(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def _rel_diff(reference: list[np.ndarray], other: list[np.ndarray]) -> float:
-    worst = 0.0
-    for ref, out in zip(reference, other):
-        ref = np.asarray(ref, dtype=np.float64)
-        out = np.asarray(out, dtype=np.float64).reshape(ref.shape) if np.size(out) == ref.size else None
-        if out is None:
-            return float("inf")
-        scale = float(np.max(np.abs(ref))) or 1.0
-        worst = max(worst, float(np.max(np.abs(ref - out))) / scale)
-    return worst
+    """The largest relative distance (``ninport.parity.distance``) over the outputs."""
+    from ninport.parity import distance
+
+    return max((distance(ref, out)[1] for ref, out in zip(reference, other)), default=0.0)
+
+
+class _Truth:
+    """The float64 forward of the torch module (``ninport.parity``) and the float32 module's own distance from
+    it, per batch input: what the diff column judges every runtime against."""
+
+    def __init__(self, model: BenchModel):
+        from ninport.parity import float64_module
+
+        self.module = model.module_factory().eval()
+        self.module64 = float64_module(self.module)
+
+    def outputs(self, x: np.ndarray) -> tuple[list[np.ndarray], float]:
+        import torch
+
+        from ninport.parity import forward_truth
+
+        truth = forward_truth(self.module, [x], module64=self.module64)
+        with torch.no_grad():
+            out = self.module(torch.from_numpy(x))
+        out = out if isinstance(out, tuple) else (out,)
+        truths = [truth[name] for name in self.module.output_names]
+        return truths, _rel_diff(truths, [o.numpy() for o in out])
 
 
 def interleave(participants: dict[str, Callable[[], float]], repeat: int, warmup: int,
@@ -414,12 +432,17 @@ def bench_prepared(
 
 def _measure(model: BenchModel, runners: dict[str, Runner], gemm: GemmPeak, batches, repeat, warmup, settle,
              say) -> tuple[list[dict], dict]:
+    from ninport.parity import DEFAULT_RTOL, tolerance
+
     rng = np.random.default_rng(0)
     results: list[dict] = []
     peaks: dict[str, dict] = {}
+    truth = _Truth(model) if model.module_factory is not None else None
     for batch in batches:
         x = rng.standard_normal((batch, *model.item_shape), dtype=np.float32)
-        reference = None
+        # Each runtime's distance from the float64 torch forward, beside the float32 module's own (the floor);
+        # without a torch module (an .onnx alone), from the first runtime's output, with no floor.
+        reference, floor = truth.outputs(x) if truth is not None else (None, None)
         diffs: dict[str, float] = {}
         for name, runner in runners.items():
             runner.prepare(batch)
@@ -446,7 +469,9 @@ def _measure(model: BenchModel, runners: dict[str, Runner], gemm: GemmPeak, batc
                 "gflops": gflops,
                 "share_of_peak": gflops / peak,
                 "max_rel_diff": diffs[name],
-                "reference": next(iter(runners)),
+                "floor": floor,
+                "parity_ok": None if floor is None else bool(diffs[name] <= tolerance(floor, DEFAULT_RTOL)),
+                "reference": "float64 torch" if truth is not None else next(iter(runners)),
             })
     return results, peaks
 
@@ -470,12 +495,15 @@ def format_report(report: dict) -> str:
         lines.append(f"batch {batch}: SGEMM peak {peak['p50_gflops']:.1f} GFLOP/s (median; best "
                      f"{peak['best_gflops']:.1f}; n={report['sgemm']['n']}{'; ' + kernel if kernel else ''})")
         lines.append(f"  {'runtime':<12} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8} {'GFLOP/s':>8} "
-                     f"{'of peak':>8} {'vs ' + base['runtime']:>15}  {'max rel diff':>12}")
+                     f"{'of peak':>8} {'vs ' + base['runtime']:>15}  {'rel diff vs ' + base['reference']:>24} "
+                     f"{'floor':>8}")
         for r in rows:
             ratio = r["images_per_s"] / base["images_per_s"]
             lines.append(f"  {r['runtime']:<12} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} "
                          f"{r['images_per_s']:8.1f} {r['gflops']:8.1f} {r['share_of_peak']:8.0%} "
-                         f"{ratio:14.2f}×  {r['max_rel_diff']:12.2g}")
+                         f"{ratio:14.2f}×  {r['max_rel_diff']:24.2g} "
+                         + (f"{r['floor']:8.2g}" + ("" if r["parity_ok"] else " ✗") if r.get("floor") is not None
+                            else f"{'—':>8}"))
     for name, why in report["skipped"].items():
         lines.append(f"skipped {name}: {why}")
     for note in report["notes"]:

@@ -97,8 +97,3 @@ def forward_truth(module, inputs: Sequence, blobs: bool = False, module64=None) 
     out = out if isinstance(out, tuple) else (out,)
     return {name: t.numpy() for name, t in zip(module.output_names, out)}
 
-
-def describe(rtol: float = DEFAULT_RTOL) -> str:
-    """The rule in one line, for reports."""
-    return (f"distance from a float64 forward <= max(rtol {rtol:g}, {NOISE_FACTOR:g} × the float32 module's own "
-            "distance)")

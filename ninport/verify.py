@@ -300,6 +300,10 @@ def opencv_blobs(net, caffemodel: str, feeds: dict[str, np.ndarray],
 
 def _opencv_forward(cvnet, net, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     layers = [layer for layer in net.layers if layer.type != "Input"]
+    # OpenCV's Winograd 3×3 convolution trades float32 accuracy for speed (1.6e-5 relative on a ResNet-style
+    # block where im2col+GEMM, Caffe's own way, lands at 3e-7): as a reference, it convolves as Caffe does.
+    if hasattr(cvnet, "enableWinograd"):
+        cvnet.enableWinograd(False)
     for name, array in feeds.items():
         cvnet.setInput(np.ascontiguousarray(array, dtype=np.float32), name)
     names = _opencv_layer_map(cvnet, layers)
@@ -590,7 +594,12 @@ def verify(
     torch_blobs = {k: v.detach().numpy() for k, v in torch_blobs.items()}
     report.backends.append(BackendStatus("torch", "ran", "float32, judged against the same module in float64"))
     say("torch float64")
-    truth = forward_truth(module, inputs, blobs=True, module64=float64_module(module))
+    try:
+        truth = forward_truth(module, inputs, blobs=True, module64=float64_module(module))
+    except (RuntimeError, TypeError, ValueError) as exc:  # a layer with no float64 path: no floor to judge by
+        report.notes.append(f"the float64 forward failed ({_error_text(exc, 200)}): every blob is judged against "
+                            "the float32 torch module, with --rtol alone")
+        truth = dict(torch_blobs)
     floors = {blob: distance(truth[blob], torch_blobs[blob])[1] for blob in versions}
 
     def add(blob: str, backend: str, order: int, got: np.ndarray, tolerance: float, label: str | None = None,

@@ -41,7 +41,7 @@ def _tail(bottom: str, classes: int) -> str:
             f'layer {{ name: "prob" type: "Softmax" bottom: "fc" top: "prob" }}\n')
 
 
-def mobilenet_prototxt(size: int = 32) -> str:
+def mobilenet_prototxt(size: int = 64) -> str:
     """conv1, 13 depthwise/pointwise pairs and fc: 28 layers with weights, each conv followed by
     BatchNorm+Scale+ReLU."""
     text = _head("mobilenet_style", 3, size)
@@ -108,3 +108,12 @@ def write_net(text: str, directory: Path, stem: str, seed: int = 0) -> tuple[Pat
 
 def weight_layers(text: str) -> int:
     return text.count('type: "Convolution"') + text.count('type: "InnerProduct"')
+
+
+if __name__ == "__main__":  # python tests/parity_nets.py DIR: write both nets there, for ninport verify by hand
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, text in (("mobilenet_style", mobilenet_prototxt()), ("resnet_style", resnet_prototxt())):
+        print(*write_net(text, out, stem))

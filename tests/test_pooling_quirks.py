@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from caffe_formulas import pool2d, pooled_size
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import ninport
@@ -100,32 +100,53 @@ def test_global_pooling(tmp_path):
     np.testing.assert_array_equal(m.numpy()[..., 0, 0], x.max(axis=(2, 3)))
 
 
-@settings(max_examples=25, deadline=None)
+def _last_window_overlaps(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> bool:
+    """Whether every window of pooling_layer.cpp's geometry touches the input. With a stride past the kernel,
+    CEIL can add a window that starts past the input (Caffe then writes -FLT_MAX for MAX, -0 for AVE)."""
+    return (pooled_size(size, kernel, stride, pad, ceil) - 1) * stride - pad < size
+
+
+@settings(max_examples=30, deadline=None)
 @given(
     h=st.integers(3, 12),
     w=st.integers(3, 12),
-    kernel=st.integers(1, 4),
-    stride=st.integers(1, 3),
-    pad=st.integers(0, 2),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     method=st.sampled_from(["MAX", "AVE"]),
+    round_mode=st.sampled_from(["CEIL", "FLOOR"]),
     seed=st.integers(0, 1000),
 )
-def test_random_pooling_against_caffe_formula_and_opencv(tmp_path_factory, h, w, kernel, stride, pad, method, seed):
-    if pad >= kernel or kernel > h + 2 * pad or kernel > w + 2 * pad or stride > kernel:
-        return  # Caffe rejects pad >= kernel; a stride past the kernel can leave a window outside the input
+# always among the cases: rectangular, stride past the kernel, FLOOR and CEIL
+@example(h=7, w=11, kernel=(2, 3), stride=(3, 4), pad=(1, 0), method="AVE", round_mode="FLOOR", seed=1)
+@example(h=9, w=5, kernel=(3, 1), stride=(4, 2), pad=(0, 0), method="MAX", round_mode="CEIL", seed=2)
+def test_random_pooling_against_caffe_formula_and_opencv(tmp_path_factory, h, w, kernel, stride, pad, method,
+                                                        round_mode, seed):
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, pad
+    ceil = round_mode == "CEIL"
+    # What Caffe refuses (pooling_layer.cpp, LayerSetUp: pad < kernel) or cannot size (a kernel past the padded
+    # input), and windows wholly outside the input, are not drawn.
+    assume(ph < kh and pw < kw and kh <= h + 2 * ph and kw <= w + 2 * pw)
+    assume(_last_window_overlaps(h, kh, sh, ph, ceil) and _last_window_overlaps(w, kw, sw, pw, ceil))
     tmp_path = tmp_path_factory.mktemp("pool")
     x = np.random.default_rng(seed).normal(size=(2, 2, h, w)).astype(np.float32)
-    expected = pool2d(x.astype(np.float64), method, (kernel, kernel), (stride, stride), (pad, pad))
-    proto = pooling_net(tmp_path, h, w, method, kernel, stride, pad, channels=2)
+    expected = pool2d(x.astype(np.float64), method, (kh, kw), (sh, sw), (ph, pw), ceil=ceil)
+    proto = tmp_path / "pool.prototxt"
+    proto.write_text(
+        f'name: "p"\ninput: "data"\ninput_dim: 2\ninput_dim: 2\ninput_dim: {h}\ninput_dim: {w}\n'
+        f'layer {{ name: "pool" type: "Pooling" bottom: "data" top: "pool"\n'
+        f"  pooling_param {{ pool: {method} kernel_h: {kh} kernel_w: {kw} stride_h: {sh} stride_w: {sw} "
+        f"pad_h: {ph} pad_w: {pw}{' round_mode: FLOOR' if not ceil else ''} }} }}\n")
     scale = max(1.0, float(np.abs(expected).max()))
     for name, out in all_backends(proto, x, tmp_path).items():
         assert out.shape == expected.shape, name
         assert np.abs(out - expected).max() / scale <= TOL, name
-    cv = cv2.dnn.readNetFromCaffe(str(proto))
-    cv.setInput(x)
-    ref = cv.forward()
-    assert ref.shape == expected.shape
-    assert np.abs(ref - expected).max() / scale <= TOL
+    if ceil:  # OpenCV's Caffe schema has no round_mode: FLOOR is checked against the formula only
+        cv = cv2.dnn.readNetFromCaffe(str(proto))
+        cv.setInput(x)
+        ref = cv.forward()
+        assert ref.shape == expected.shape
+        assert np.abs(ref - expected).max() / scale <= TOL
 
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])

@@ -420,3 +420,81 @@ def test_runtime_that_cannot_load_reports_its_error(monkeypatch, tiny):
     named = verify(prototxt, weights, reference=None, runtimes="onnxruntime,opencv-onnx")
     assert not named.ok and named.first_divergence is None
     assert "FAILED: opencv-onnx" in format_report(named)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A pycaffe .npz means what pycaffe means
+
+SHARED = """
+name: "shared"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 6 input_dim: 6
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "split" type: "Split" bottom: "conv" top: "a" top: "b" }
+layer { name: "relu" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "pool" type: "Pooling" bottom: "b" top: "pb" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+"""
+
+
+def _conv3x3_pad1(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Caffe's Convolution (kernel 3, pad 1, stride 1) restated in numpy, float64."""
+    n, c, h, wd = x.shape
+    padded = np.zeros((n, c, h + 2, wd + 2))
+    padded[:, :, 1:-1, 1:-1] = x
+    out = np.zeros((n, w.shape[0], h, wd))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nchw,oc->nohw", padded[:, :, i : i + h, j : j + wd], w[:, :, i, j])
+    return out + b[None, :, None, None]
+
+
+@pytest.fixture
+def shared_net(tmp_path):
+    prototxt = tmp_path / "shared.prototxt"
+    prototxt.write_text(SHARED)
+    weights = tmp_path / "shared.caffemodel"
+    net = write_seeded_caffemodel(read_net(prototxt), weights, layout="v2", seed=8)
+    x = np.random.default_rng(9).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    w, b = net.layer("conv").blobs
+    raw = _conv3x3_pad1(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    return prototxt, weights, x, raw
+
+
+def test_npz_reference_shared_memory_as_pycaffe(tmp_path, shared_net):
+    prototxt, weights, x, raw = shared_net
+    # split_layer.cpp shares every top's data with the bottom: ReLU in place on "a" rewrites conv, a and b,
+    # so after forward() pycaffe holds the rectified values under all three names, and pool reads them too.
+    relu = np.maximum(raw, 0)
+    pooled = relu.reshape(1, 4, 3, 2, 3, 2).max(axis=(3, 5))
+    path = tmp_path / "pycaffe.npz"
+    np.savez(path, data=x, conv=relu, a=relu, b=relu, pb=pooled)
+    report = verify(prototxt, weights, reference=path, runtimes="none")
+    assert report.ok, format_report(report)
+    assert {r.blob for r in report.rows if r.backend == "pycaffe"} == {"conv", "a", "b", "pb"}
+    assert any("conv = a" in note for note in report.notes)
+    # A dump holding the unrectified convolution under "conv" is not what pycaffe shows: named at conv.
+    np.savez(path, data=x, conv=raw, a=relu, b=relu, pb=pooled)
+    report = verify(prototxt, weights, reference=path, runtimes="none")
+    assert (report.first_divergence.blob, report.first_divergence.backend) == ("conv", "pycaffe")
+
+
+def test_npz_reference_without_input_blob(run_cli, tmp_path, shared_net):
+    prototxt, weights, x, raw = shared_net
+    path = tmp_path / "partial.npz"
+    np.savez(path, conv=np.maximum(raw, 0))  # people often save only some blobs
+    result = run_cli("verify", prototxt, weights, "--reference", path)
+    assert result.exit_code == 1
+    assert "holds no blob for the net's input(s) ['data']" in result.stderr and "--input" in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("verify", prototxt, weights, "--reference", path, "--input", tmp_path / "x.npy")
+    assert result.exit_code == 0, result.output
+
+
+def test_opencv_reads_the_users_file(tiny):
+    prototxt, weights = tiny
+    report = verify(prototxt, weights, reference="opencv", runtimes="none")
+    assert report.ok and not report.notes
+    status = {b.name: b for b in report.backends}
+    assert status["opencv"].detail.endswith(f"reading {prototxt}")

@@ -25,10 +25,12 @@ from ninport.cli import caffe_proto_option, debug_option, input_shape_option, js
               help="ONNX runtimes: onnxruntime, onnxruntime-cuda, openvino, opencv-onnx, or none "
                    "(default: all, those not installed reported unavailable).")
 @click.option("--rtol", type=float, default=1e-5, show_default=True,
-              help="Largest relative difference (max abs / max |reference|) per blob.")
+              help="Fixed relative floor: a blob passes when its distance from a float64 forward of the torch "
+                   "module (max abs / max |float64|) is at most max(RTOL, 10 × the float32 torch module's own "
+                   "distance there).")
 @click.option("--fp16", is_flag=True, help="Run the runtimes on a float16 copy of the ONNX model.")
 @click.option("--fp16-rtol", type=float, default=1e-2, show_default=True,
-              help="Tolerance of float16 runtimes against the float32 torch module.")
+              help="Fixed relative floor of float16 runtimes (in place of --rtol).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the default input.")
 @input_shape_option
 @phase_option
@@ -41,9 +43,9 @@ def verify(ctx: click.Context, prototxt: str, caffemodel: str, input_path: str |
            input_shape: str | None, phase: str, caffe_proto: str | None, as_json: bool) -> None:
     """Compare every blob across the torch module, ONNX runtimes and a reference; name the first divergence.
 
-    The torch module is checked against the reference (OpenCV's Caffe importer or a pycaffe .npz) at every
-    Caffe blob; each ONNX runtime is checked against the torch module at every blob version. Exit status 0
-    when all agree within --rtol, 1 otherwise.
+    Every float32 result is judged against a float64 forward of the torch module: the reference (OpenCV's
+    Caffe importer or a pycaffe .npz) at every Caffe blob, each ONNX runtime at every blob version. Exit
+    status 0 when all pass (see --rtol), 1 otherwise.
 
     \b
     Example:

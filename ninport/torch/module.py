@@ -23,6 +23,8 @@ class CaffeNet(nn.Module):
         self.net_name = net.name
         self.input_names = list(net.inputs)
         self.input_shapes = {k: tuple(v) for k, v in net.inputs.items()}
+        # Inputs whose first axis is not the batch: example inputs and a dynamic export keep their shape.
+        self.batchless_inputs = batchless_inputs(net, shapes)
         self.output_names = list(net.outputs)
         self.blob_shapes = dict(shapes.blobs)
         self.caffe_blob_names = {top: ctop for layer in net.layers for top, ctop in zip(layer.tops, layer.caffe_tops)}
@@ -73,7 +75,7 @@ class CaffeNet(nn.Module):
         out = []
         for name in self.input_names:
             shape = list(self.input_shapes[name])
-            if batch is not None and shape:
+            if batch is not None and shape and name not in self.batchless_inputs:
                 shape[0] = batch
             out.append(torch.randn(*shape, generator=gen))
         return tuple(out)
@@ -83,3 +85,18 @@ class CaffeNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.net_name!r}, inputs={self.input_names}, outputs={self.output_names}"
+
+
+def batchless_inputs(net: Net, shapes: NetShapes) -> list[str]:
+    """Net inputs whose first axis is no batch axis: the second bottom of a Scale or Bias with ``axis`` past 0
+    lines up with the first bottom's axes from ``axis`` on (scale_layer.cpp, bias_layer.cpp), so its dim 0 is
+    one of the data's inner axes, whatever the batch."""
+    out = []
+    for layer in net.layers:
+        if layer.type not in ("Scale", "Bias") or len(layer.bottoms) < 2 or layer.bottoms[1] not in net.inputs:
+            continue
+        p = layer.param.scale_param if layer.type == "Scale" else layer.param.bias_param
+        axis = p.axis + (len(shapes.blobs[layer.bottoms[0]]) if p.axis < 0 else 0)
+        if axis > 0 and layer.bottoms[1] not in out:
+            out.append(layer.bottoms[1])
+    return out
