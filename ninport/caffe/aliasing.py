@@ -13,6 +13,7 @@ and earlier versions are ``blob@layer``; alias versions that nothing reads any m
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,6 +78,8 @@ def share_in_place_writes(net: Net, shapes: Callable[[], dict[str, Shape]] | Non
             readers[b] = readers.get(b, 0) + 1
 
     shape_cache: dict[str, Shape] = {}
+    # The loop below rewires bottoms as it goes; shapes are inferred on the net as it was read.
+    as_read = dataclasses.replace(net, layers=[dataclasses.replace(x, bottoms=list(x.bottoms)) for x in net.layers])
 
     def shape_of(version: str) -> Shape:
         if not shape_cache:
@@ -85,7 +88,7 @@ def share_in_place_writes(net: Net, shapes: Callable[[], dict[str, Shape]] | Non
             else:
                 from ninport.caffe.shapes import infer_shapes
 
-                shape_cache.update(infer_shapes(net).blobs)
+                shape_cache.update(infer_shapes(as_read).blobs)
         return shape_cache[version]
 
     root: dict[str, str] = {}  # version -> the version owning its memory
