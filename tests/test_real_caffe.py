@@ -85,17 +85,18 @@ class Run:
 def pycaffe_view(module, blobs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What pycaffe's ``net.blobs[name].data`` holds after ``forward()``, from ninport's blob versions.
 
-    Restated from Caffe: a Split's tops, Flatten's and Reshape's top and a one-top Slice's top share their
-    bottom's memory (``ShareData`` in split_layer.cpp, flatten_layer.cpp, reshape_layer.cpp, slice_layer.cpp),
-    and an in-place layer overwrites its bottom's memory (net.cpp). So each name shows the last value written
-    into its memory, in its own shape.
+    Restated from Caffe: a Split's tops, and the top of Flatten, Reshape, a one-top Slice and a one-bottom
+    Concat, share their bottom's memory (``ShareData`` in split_layer.cpp, flatten_layer.cpp, reshape_layer.cpp,
+    slice_layer.cpp, concat_layer.cpp), and an in-place layer overwrites its bottom's memory (net.cpp). So each
+    name shows the last value written into its memory, in its own shape.
     """
     caffe_name = {name: name for name in module.input_names} | dict(module.caffe_blob_names)
     root = {name: name for name in module.input_names}  # version -> the version that owns its memory
     last = dict(root)  # memory owner -> the last version written into it
     for layer, bottoms, tops in module.plan:
         kind = module.layer_types.get(layer)
-        views = kind in ("Split", "Flatten", "Reshape") or (kind == "Slice" and len(tops) == 1)
+        views = (kind in ("Split", "Flatten", "Reshape") or (kind == "Slice" and len(tops) == 1)
+                 or (kind == "Concat" and len(bottoms) == 1))
         for i, top in enumerate(tops):
             if i < len(bottoms) and caffe_name[bottoms[i]] == caffe_name[top]:  # in place
                 root[top] = root[bottoms[i]]
@@ -244,3 +245,29 @@ def test_manifest_lists_every_layer_type_caffe_ran():
               "Crop", "Tile", "ArgMax", "Reduction", "Embed", "Softmax", "Dropout", "Parameter", "Input",
               "Silence"}
     assert wanted <= ran, sorted(wanted - ran)
+
+
+# Nets where an in-place write through shared memory changes what pycaffe shows under another blob's name:
+# ``verify``'s pycaffe-view rule is issue 10's other part; the tests above judge them with ``pycaffe_view``.
+SHARED_WRITES = {"sharing", "structure"}
+
+
+def test_shared_writes_lists_the_nets_it_should():
+    changed = {name for name in NETS
+               if any(not np.array_equal(run(name).pycaffe32[b], run(name).blobs32[b]) for b in run(name).finals())}
+    assert changed == SHARED_WRITES
+
+
+@pytest.mark.parametrize("name", sorted(set(NETS) - SHARED_WRITES))
+def test_verify_accepts_caffes_dump_as_reference(name):
+    """``ninport verify --reference NAME.npz`` with Caffe's own dump: the input comes from it and every blob
+    agrees, on torch and onnxruntime."""
+    from ninport.verify import verify
+
+    r = run(name)
+    report = verify(r.prototxt, r.caffemodel, reference=DATA / f"{name}.npz", runtimes="onnxruntime",
+                    warn=lambda _msg: None)
+    assert report.input.startswith("the input blob(s) of")
+    assert report.ok, report.first_divergence
+    torch_rows = {row.blob for row in report.rows if row.backend == "torch"}
+    assert torch_rows == {b for b in r.finals() if b in r.caffe_blobs and b not in r.module.input_names}

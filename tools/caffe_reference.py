@@ -93,7 +93,7 @@ def generate(nets_dir: str, out_dir: str, ninport_python: str | None, only: set[
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
-    manifest["caffe"] = {"version": getattr(caffe, "__version__", "?"), "module": caffe.__file__}
+    manifest["caffe"] = {"version": getattr(caffe, "__version__", "?")}
     for file in sorted(os.listdir(nets_dir)):
         if not file.endswith(".prototxt"):
             continue
