@@ -271,3 +271,34 @@ def test_verify_accepts_caffes_dump_as_reference(name):
     assert report.ok, report.first_divergence
     torch_rows = {row.blob for row in report.rows if row.backend == "torch"}
     assert torch_rows == {b for b in r.finals() if b in r.caffe_blobs and b not in r.module.input_names}
+
+
+def test_ninports_rewrite_keeps_every_blob(tmp_path):
+    """The rewrite whose loading by Caffe the manifest records (tools/caffe_reference.py ``rewrite``: read with
+    ninport, write with ninport's writer) keeps every blob's values and shape, 0-axis blobs included."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("caffe_reference", DATA.parents[2] / "tools" / "caffe_reference.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    zero_axis = 0
+    for name in NETS:
+        source = DATA / f"{name}.caffemodel"
+        for layout in ("v2", "v1") if name.endswith("_v1") else ("v2",):
+            target = tmp_path / f"{name}.{layout}.caffemodel"
+            tool.rewrite(str(source), str(target), layout)
+            before = read_weights(source)
+            if not any(before.values()):  # no parameters: an empty message, which Caffe loads as no weights
+                assert target.read_bytes() == b""
+                continue
+            after = read_weights(target)
+            assert {k: len(v) for k, v in before.items() if v} == {k: len(v) for k, v in after.items()}
+            for layer, blobs in after.items():
+                for old, new in zip(before[layer], blobs):
+                    old_array, new_array = old.to_array(), new.to_array()
+                    # The V1 layout gives legacy 4-D dims, which Caffe's ShapeEquals matches padded with ones.
+                    expected = old_array.shape if layout == "v2" else (1,) * (4 - old_array.ndim) + old_array.shape
+                    assert new_array.shape == expected, (name, layer)
+                    assert np.array_equal(old_array.ravel(), new_array.ravel()), (name, layer)
+                    zero_axis += old_array.ndim == 0
+    assert zero_axis >= 4  # PReLU channel_shared, the 0-axis Scale (factor, bias) and Bias
