@@ -1,18 +1,19 @@
 """Caffe's shared blobs, reproduced on the normalized ``Net``.
 
-In Caffe the tops of a Split share memory with its bottom (split_layer.cpp, ``ShareData``), and so do the tops
-of Flatten, Reshape and a one-top Slice. A layer that then works in place on one of those blobs changes what
-all of them hold, for every layer that reads them later and for the net's outputs. ninport keeps one tensor per
-blob version, so this pass makes those later reads explicit: before the first layer that reads an alias
-produced *before* such an in-place write, it inserts an identity layer (a one-top Split, or a Reshape back to
-the alias's shape) that gives the written value under the alias's name, and the reader reads that version. An
-alias that is a net output gets the same layer at the end of the net. As everywhere in the normalized net, the
-last version of a Caffe blob keeps Caffe's name (the value pycaffe's ``net.blobs`` shows after a forward pass)
-and earlier versions are ``blob@layer``; alias versions that nothing reads any more are dropped.
+In Caffe the tops of a Split share memory with its bottom (split_layer.cpp, ``ShareData``), and so do the tops of
+Flatten, Reshape, a one-top Slice and a one-bottom Concat. A layer that then works in place on one of those blobs
+changes what all of them hold, for every layer that reads them later and for the net's outputs. ninport keeps one
+tensor per blob version, so this pass makes those later reads explicit: before the first layer that reads an alias
+produced *before* such an in-place write, it inserts an identity layer (a one-top Split, or a Reshape back to the
+alias's shape) that gives the written value under the alias's name, and the reader reads that version. An alias
+that is a net output gets the same layer at the end of the net. As everywhere in the normalized net, the last
+version of a Caffe blob keeps Caffe's name (the value pycaffe's ``net.blobs`` shows after a forward pass) and
+earlier versions are ``blob@layer``; alias versions that nothing reads any more are dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,8 +27,9 @@ def shares_memory(layer: Layer) -> bool:
     """Whether every top of ``layer`` is a view of its (single) bottom's memory in Caffe."""
     if layer.type in ("Split", "Flatten", "Reshape"):
         return len(layer.bottoms) == 1
-    # slice_layer.cpp: a Slice with one top shares its bottom's data instead of copying it.
-    return layer.type == "Slice" and len(layer.bottoms) == 1 and len(layer.tops) == 1
+    # slice_layer.cpp / concat_layer.cpp: a Slice with one top, or a Concat with one bottom, shares its
+    # bottom's data instead of copying it.
+    return len(layer.bottoms) == 1 and len(layer.tops) == 1 and layer.type in ("Slice", "Concat")
 
 
 def in_place_pairs(layer: Layer) -> list[tuple[str, str]]:
@@ -77,6 +79,8 @@ def share_in_place_writes(net: Net, shapes: Callable[[], dict[str, Shape]] | Non
             readers[b] = readers.get(b, 0) + 1
 
     shape_cache: dict[str, Shape] = {}
+    # The loop below rewires bottoms as it goes; shapes are inferred on the net as it was read.
+    as_read = dataclasses.replace(net, layers=[dataclasses.replace(x, bottoms=list(x.bottoms)) for x in net.layers])
 
     def shape_of(version: str) -> Shape:
         if not shape_cache:
@@ -85,7 +89,7 @@ def share_in_place_writes(net: Net, shapes: Callable[[], dict[str, Shape]] | Non
             else:
                 from ninport.caffe.shapes import infer_shapes
 
-                shape_cache.update(infer_shapes(net).blobs)
+                shape_cache.update(infer_shapes(as_read).blobs)
         return shape_cache[version]
 
     root: dict[str, str] = {}  # version -> the version owning its memory

@@ -101,7 +101,8 @@ def blob_to_array(blob: caffe_pb2.BlobProto, legacy_ok: bool = True) -> np.ndarr
     else:
         values = np.array(blob.data, dtype=np.float32)
     if shape is None:
-        return values
+        # No shape at all is how Caffe's Blob::ToProto writes a 0-axis blob.
+        return values.reshape(()) if values.size == 1 else values
     if int(np.prod(shape, dtype=np.int64)) != values.size:
         raise ParseError(f"blob declares shape {list(shape)} but holds {values.size} values")
     return values.reshape(shape)

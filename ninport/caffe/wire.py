@@ -57,10 +57,12 @@ class WireBlob:
         return self.shape is None and self.legacy_dims is not None
 
     def to_array(self) -> np.ndarray:
-        """The values in the declared shape: ``shape``, else the legacy 4-D dims, else flat."""
+        """The values in the declared shape: ``shape``, else the legacy 4-D dims, else 0-d for one value,
+        else flat."""
         shape = self.shape if self.shape is not None else self.legacy_dims
         if shape is None:
-            return self.array
+            # Caffe's Blob::ToProto writes no shape at all for a 0-axis blob (PReLU's channel_shared slope).
+            return self.array.reshape(()) if self.array.size == 1 else self.array
         if int(np.prod(shape, dtype=np.int64)) != self.array.size:
             raise ParseError(f"blob declares shape {list(shape)} but holds {self.array.size} values")
         return self.array.reshape(shape)
