@@ -122,21 +122,27 @@ def test_cifar10_fc_variant_trains_an_iteration(tmp_path: Path, variant: str) ->
 
 def test_summary_sets_per_seed_deltas_beside_table_5() -> None:
     runs = {
-        "mlpconv + Global Average Pooling": [{"seed": 1, "test_error": 1.0}, {"seed": 2, "test_error": 2.0}],
-        "mlpconv + Fully Connected": [{"seed": 2, "test_error": 2.5}, {"seed": 1, "test_error": 3.0}],
-        "mlpconv + Fully Connected + Dropout": [{"seed": 1, "test_error": 1.5}, {"seed": 2, "test_error": 1.5}],
+        "mlpconv + Global Average Pooling": [{"seed": 1, "test_error": 1.0}, {"seed": 2, "test_error": 2.0},
+                                             {"seed": 3, "test_error": 1.0}],
+        "mlpconv + Fully Connected": [{"seed": 2, "test_error": 2.5}, {"seed": 1, "test_error": 3.0},
+                                      {"seed": 3, "test_error": 51.0}],  # seed 3: a run that did not train
+        "mlpconv + Fully Connected + Dropout": [{"seed": 1, "test_error": 1.5}, {"seed": 2, "test_error": 1.5},
+                                                {"seed": 3, "test_error": 1.0}],
     }
     summary = ablation.summarize(runs, "x")
     rows = {r["method"]: r for r in summary["rows"]}
     fc = rows["mlpconv + Fully Connected"]
-    assert fc["deltas"] == [0.5, 2.0] and fc["mean_delta"] == pytest.approx(1.25)  # paired by seed, not by order
-    assert fc["mean_error"] == pytest.approx(2.75) and fc["stdev_error"] == pytest.approx(np.std([2.5, 3.0], ddof=1))
-    assert rows["mlpconv + Fully Connected + Dropout"]["mean_delta"] == pytest.approx(0.0)
+    assert fc["deltas"] == [0.5, 2.0, 50.0]  # paired by seed, not by order
+    assert fc["mean_delta"] == pytest.approx(17.5) and fc["median_delta"] == pytest.approx(2.0)
+    assert fc["mean_error"] == pytest.approx(56.5 / 3) and fc["median_error"] == pytest.approx(3.0)
+    assert fc["stdev_error"] == pytest.approx(np.std([2.5, 3.0, 51.0], ddof=1))
+    dropout = rows["mlpconv + Fully Connected + Dropout"]
+    assert dropout["mean_delta"] == pytest.approx(0.0) and dropout["median_delta"] == pytest.approx(0.0)
     # Table 5: 11.59 and 10.88 against 10.41.
     assert fc["paper_error"] == 11.59 and fc["paper_delta"] == pytest.approx(1.18)
-    assert rows["mlpconv + Fully Connected + Dropout"]["paper_delta"] == pytest.approx(0.47)
+    assert dropout["paper_delta"] == pytest.approx(0.47)
     text = ablation.format_summary(summary)
-    assert "+1.25" in text and "+1.18" in text and "+0.47" in text
+    assert "+17.50" in text and "+2.00" in text and "+1.18" in text and "+0.47" in text and "3=51.00" in text
 
 
 def test_ablation_entry_point_trains_every_variant_per_seed(tmp_path: Path, capsys) -> None:

@@ -52,7 +52,8 @@ def run_ablation(folder: str | os.PathLike, seeds: Sequence[int], output_dir: st
 
 
 def summarize(runs: dict[str, list[dict]], folder: str = "") -> dict:
-    """Mean and spread of each variant, its difference from the baseline per seed, and Table 5's figures."""
+    """Mean, median and spread of each variant, its difference from the baseline per seed (the median too: one
+    run that fails to train moves the mean a long way), and Table 5's figures."""
     baseline = next(iter(VARIANTS))
     base_by_seed = {r["seed"]: r["test_error"] for r in runs[baseline]}
     rows = []
@@ -63,8 +64,10 @@ def summarize(runs: dict[str, list[dict]], folder: str = "") -> dict:
         paper_base = find_row("cifar10", baseline).value
         rows.append({
             "method": method, "runs": items, "mean_error": statistics.fmean(errors),
+            "median_error": statistics.median(errors),
             "stdev_error": statistics.stdev(errors) if len(errors) > 1 else 0.0,
             "mean_delta": statistics.fmean(deltas) if deltas else None,
+            "median_delta": statistics.median(deltas) if deltas else None,
             "deltas": deltas, "paper_error": paper.value, "paper_delta": round(paper.value - paper_base, 6),
             "paper_source": paper.source,
         })
@@ -74,13 +77,17 @@ def summarize(runs: dict[str, list[dict]], folder: str = "") -> dict:
 def format_summary(summary: dict) -> str:
     lines = [f"{summary['folder']}: test error % per seed; delta = variant - {summary['baseline']} (same seed)", ""]
     width = max(len(r["method"]) for r in summary["rows"])
-    lines.append(f"  {'method':<{width}}  {'per seed':<30} {'mean':>6} {'sd':>5} {'delta':>6}   "
+    lines.append(f"  {'method':<{width}}  {'mean':>6} {'median':>6} {'sd':>5} {'delta':>6} {'median':>6}   "
                  f"{'Table 5 (CIFAR-10)':>18} {'delta':>6}")
     for r in summary["rows"]:
-        seeds = " ".join(f"{x['test_error']:.2f}" for x in r["runs"])
         delta = "" if r["mean_delta"] is None else f"{r['mean_delta']:+.2f}"
-        lines.append(f"  {r['method']:<{width}}  {seeds:<30} {r['mean_error']:6.2f} {r['stdev_error']:5.2f} "
-                     f"{delta:>6}   {r['paper_error']:18.2f} {r['paper_delta']:+6.2f}")
+        median = "" if r["median_delta"] is None else f"{r['median_delta']:+.2f}"
+        lines.append(f"  {r['method']:<{width}}  {r['mean_error']:6.2f} {r['median_error']:6.2f} "
+                     f"{r['stdev_error']:5.2f} {delta:>6} {median:>6}   {r['paper_error']:18.2f} "
+                     f"{r['paper_delta']:+6.2f}")
+    lines += ["", "  per seed (seed=test error %):"]
+    for r in summary["rows"]:
+        lines.append(f"  {r['method']:<{width}}  " + " ".join(f"{x['seed']}={x['test_error']:.2f}" for x in r["runs"]))
     return "\n".join(lines)
 
 
