@@ -218,3 +218,50 @@ def test_nin_gist_on_an_imagenet_folder_agrees_with_opencv(nin_prototxt, nin_wei
     assert out["preprocessing"]["crop_size"] == 224 and out["preprocessing"]["image_size"] == [3, 256, 256]
     assert out["comparison"]["metric"] == "top-1 accuracy %"
     assert out["comparison"]["reproduced"] == pytest.approx(200 / 3, abs=1e-4)
+
+
+DATA_NET = """
+name: "d"
+layer {{ name: "data" type: "Data" top: "data" top: "label" include {{ phase: TEST }}
+  transform_param {{ scale: 0.5 {crop} }}
+  data_param {{ source: "{source}" batch_size: 3 }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" inner_product_param {{ num_output: 2 }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
+"""
+
+
+@pytest.mark.parametrize("source, crop, shape", [
+    ("digits", "", (3, 1, 8, 8)),
+    ("mnist:data/mnist", "", (3, 1, 28, 28)),
+    ("cifar10:cifar-10-batches-py?preprocess=gcn_zca", "", (3, 3, 32, 32)),
+    ("CIFAR-100:x?label=coarse", "crop_size: 24", (3, 3, 24, 24)),
+    ("svhn:test_32x32.mat", "", (3, 3, 32, 32)),
+    ("imagenet:val", "crop_size: 224", (3, 3, 224, 224)),
+])
+def test_a_data_layer_naming_a_known_data_set_gives_the_input_shape(tmp_path, source, crop, shape):
+    from ninport.caffe import read_net
+
+    path = tmp_path / "net.prototxt"
+    path.write_text(DATA_NET.format(source=source, crop=crop))
+    net = read_net(path)
+    assert net.inputs == {"data": shape}
+    assert net.preprocess["scale"] == 0.5
+
+
+def test_known_shapes_agree_with_the_data_set_reader():
+    from ninport.caffe.upgrade import DATA_SET_SHAPES
+    from ninport.reproduce.datasets import DATASETS, open_dataset
+
+    assert set(DATA_SET_SHAPES) == set(DATASETS) - {"imagenet"}
+    assert DATA_SET_SHAPES["digits"] == tuple(open_dataset("digits", None, "test").image_shape)
+
+
+@pytest.mark.parametrize("source", ["cifar-test-lmdb", "imagenet:val", "examples/mnist/mnist_test_lmdb"])
+def test_other_sources_still_need_an_input_shape(tmp_path, source):
+    from ninport.caffe import read_net
+    from ninport.errors import NetError
+
+    path = tmp_path / "net.prototxt"
+    path.write_text(DATA_NET.format(source=source, crop=""))
+    with pytest.raises(NetError, match="cannot tell the input shape"):
+        read_net(path)
