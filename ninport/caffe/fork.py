@@ -333,7 +333,7 @@ def translate(fork_net: Message, package: str) -> tuple[caffe_pb2.NetParameter, 
 def _builtin_types() -> set[str]:
     from ninport.caffe import shapes
 
-    return {t for t, fn in shapes.RULES.items() if getattr(fn, "__module__", "") == shapes.__name__}
+    return {t for t, fn in shapes.RULES.items() if (getattr(fn, "__module__", "") or "").startswith("ninport.caffe.")}
 
 
 def check_findings(findings: list[ForkField], source: str) -> None:

@@ -550,3 +550,7 @@ def infer_shapes(net: Net) -> NetShapes:
             blobs[top] = tuple(int(d) for d in shape)
         per_layer[layer.name] = shapes
     return NetShapes(blobs, per_layer)
+
+
+# Rules of fork families, one file each; imported last so they can use the helpers above.
+from ninport.caffe import ssd  # noqa: E402, F401

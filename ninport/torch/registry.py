@@ -85,7 +85,7 @@ def builtin_rule_types() -> set[str]:
     """Types with a shape rule that ships with ninport (``ninport.caffe.shapes``), overridden or not."""
     from ninport.caffe.shapes import RULES
 
-    own = {t for t, fn in RULES.items() if getattr(fn, "__module__", "") == "ninport.caffe.shapes"}
+    own = {t for t, fn in RULES.items() if (getattr(fn, "__module__", "") or "").startswith("ninport.caffe.")}
     return own | set(REPLACED_RULES)
 
 
@@ -136,7 +136,7 @@ def register_layer(
             )
         if shape is not None:
             old = RULES.get(layer_type)
-            if old is not None and getattr(old, "__module__", "") == "ninport.caffe.shapes":
+            if old is not None and (getattr(old, "__module__", "") or "").startswith("ninport.caffe."):
                 REPLACED_RULES.setdefault(layer_type, old)
             RULES[layer_type] = _as_rule(layer_type, shape)
         if _builtin_fn(fn):

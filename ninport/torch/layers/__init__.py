@@ -3,6 +3,7 @@
 from ninport.torch.layers import (
     activation,
     convolution,
+    detection,
     eltwise,
     embed,
     inner_product,
@@ -16,6 +17,7 @@ from ninport.torch.layers import (
 __all__ = [
     "activation",
     "convolution",
+    "detection",
     "eltwise",
     "embed",
     "inner_product",

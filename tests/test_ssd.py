@@ -1,0 +1,140 @@
+"""The SSD fork's layers (weiliu89/caffe) in torch and onnxruntime against OpenCV's Caffe importer, which
+implements PriorBox, Normalize, Permute and DetectionOutput; a numpy restatement of prior_box_layer.cpp where
+OpenCV differs (the fork truncates box sizes to int), and of DetectionOutput for what OpenCV lacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from layer_harness import assert_close, opencv_outputs, torch_blobs, write_net
+
+import ninport
+
+HEADER = 'name: "ssd_tiny"\ninput: "data"\ninput_shape {{ dim: {n} dim: 3 dim: {h} dim: {w} }}\n'
+
+
+def layer(name: str, kind: str, bottoms: list[str], param: str = "", tops: list[str] | None = None) -> str:
+    bottom = "".join(f' bottom: "{b}"' for b in bottoms)
+    top = "".join(f' top: "{t}"' for t in (tops or [name]))
+    return f'layer {{ name: "{name}" type: "{kind}"{bottom}{top} {param} }}\n'
+
+
+def conv(name: str, bottom: str, out: int, stride: int = 1) -> str:
+    return layer(name, "Convolution", [bottom],
+                 f"convolution_param {{ num_output: {out} kernel_size: 3 pad: 1 stride: {stride} }}")
+
+
+def conv_weights(rng, name: str, cin: int, cout: int, scale: float = 0.3):
+    return (name, "Convolution", [(rng.normal(size=(cout, cin, 3, 3)) * scale).astype(np.float32),
+                                  (rng.normal(size=(cout,)) * 0.1).astype(np.float32)])
+
+
+# ---- the small SSD-shaped net -----------------------------------------------------------------------------
+
+PRIOR_PARAMS = [
+    "prior_box_param { min_size: 8 max_size: 16 aspect_ratio: 2 flip: true clip: false "
+    "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 step: 4 offset: 0.5 }",
+    "prior_box_param { min_size: 16 max_size: 28 aspect_ratio: 2 aspect_ratio: 3 flip: true clip: true "
+    "variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 }",
+]
+PRIORS = [4, 6]  # 1 + max + 2 flipped ratios; 1 + max + 4
+
+
+def ssd_net(tmp_path: Path, seed: int = 0, classes: int = 4, n: int = 1, hw: int = 32,
+            detection: str = "", share_location: bool = True, norm: str = "across_spatial: false "
+            "channel_shared: false") -> tuple[Path, Path, dict]:
+    """data → conv1 (stride 2) → Normalize → two feature maps, each with loc/conf heads and a PriorBox; the heads
+    permuted, flattened and concatenated; softmax over classes; DetectionOutput. Seeded weights."""
+    rng = np.random.default_rng(seed)
+    loc_classes = 1 if share_location else classes
+    text = HEADER.format(n=n, h=hw, w=hw)
+    text += conv("conv1", "data", 8, stride=2) + layer("relu1", "ReLU", ["conv1"], tops=["conv1"])
+    text += layer("pool1", "Pooling", ["conv1"], "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
+    text += layer("norm1", "Normalize", ["pool1"], f"norm_param {{ {norm} scale_filler {{ value: 20 }} }}")
+    text += conv("conv2", "pool1", 8, stride=2)
+    weights = [conv_weights(rng, "conv1", 3, 8), conv_weights(rng, "conv2", 8, 8)]
+    shared = "channel_shared: true" in norm or "channel_shared" not in norm
+    weights.append(("norm1", "Normalize", [np.asarray(rng.uniform(0.5, 2, size=() if shared else (8,)),
+                                                      dtype=np.float32)]))
+    locs, confs, priors = [], [], []
+    for feature, prior, count in zip(["norm1", "conv2"], PRIOR_PARAMS, PRIORS):
+        for kind, width in (("loc", count * 4 * loc_classes), ("conf", count * classes)):
+            name = f"{feature}_{kind}"
+            text += conv(name, feature, width)
+            text += layer(f"{name}_perm", "Permute", [name], "permute_param { order: 0 order: 2 order: 3 order: 1 }")
+            text += layer(f"{name}_flat", "Flatten", [f"{name}_perm"], "flatten_param { axis: 1 }")
+            weights.append(conv_weights(rng, name, 8, width, 0.15 if kind == "conf" else 0.1))
+            (locs if kind == "loc" else confs).append(f"{name}_flat")
+        text += layer(f"{feature}_priorbox", "PriorBox", [feature, "data"], prior)
+        priors.append(f"{feature}_priorbox")
+    text += layer("mbox_loc", "Concat", locs, "concat_param { axis: 1 }")
+    text += layer("mbox_conf", "Concat", confs, "concat_param { axis: 1 }")
+    text += layer("mbox_priorbox", "Concat", priors, "concat_param { axis: 2 }")
+    text += layer("mbox_conf_reshape", "Reshape", ["mbox_conf"],
+                  f"reshape_param {{ shape {{ dim: 0 dim: -1 dim: {classes} }} }}")
+    text += layer("mbox_conf_softmax", "Softmax", ["mbox_conf_reshape"], "softmax_param { axis: 2 }")
+    text += layer("mbox_conf_flatten", "Flatten", ["mbox_conf_softmax"], "flatten_param { axis: 1 }")
+    text += layer("detection_out", "DetectionOutput", ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"],
+                  f"detection_output_param {{ num_classes: {classes} share_location: "
+                  f"{str(share_location).lower()} {detection or DEFAULT_DETECTION} }}")
+    proto, model = write_net(tmp_path, text, weights, name=f"ssd{seed}")
+    inputs = {"data": np.random.default_rng(100 + seed).uniform(-1, 1, size=(n, 3, hw, hw)).astype(np.float32)}
+    return proto, model, inputs
+
+
+DEFAULT_DETECTION = ("background_label_id: 0 nms_param { nms_threshold: 0.45 top_k: 60 } code_type: CENTER_SIZE "
+                     "keep_top_k: 40 confidence_threshold: 0.2")
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def assert_same_detections(reference: np.ndarray, got: np.ndarray, what: str) -> None:
+    """Detections as sets: every reference row has one partner of the same image and label, IoU ≥ 0.99 and
+    score within 1e-4, and no row is left over on either side."""
+    ref = reference.reshape(-1, 7)
+    out = got.reshape(-1, 7)
+    assert ref.shape == out.shape, f"{what}: {len(out)} detections, the reference has {len(ref)}"
+    free = list(range(len(out)))
+    for row in ref:
+        match = [j for j in free if out[j, 0] == row[0] and out[j, 1] == row[1] and abs(out[j, 2] - row[2]) <= 1e-4
+                 and iou(out[j, 3:], row[3:]) >= 0.99]
+        assert match, f"{what}: no partner for reference row {row.tolist()}"
+        free.remove(match[0])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ssd")
+    proto, model, inputs = ssd_net(tmp)
+    return tmp, proto, model, inputs
+
+
+def test_detection_end_to_end_matches_opencv(tiny):
+    tmp, proto, model, inputs = tiny
+    reference = opencv_outputs(proto, model, inputs, ["detection_out"])["detection_out"]
+    assert reference.shape[2] > 5  # a test with a handful of boxes or none would prove little
+    module = ninport.load(proto, model)
+    blobs = torch_blobs(module, inputs)
+    assert_same_detections(reference, blobs["detection_out"], "torch")
+    path = tmp / "ssd.onnx"
+    ninport.export_onnx(module, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["detection_out"], inputs)[0]
+    assert_same_detections(reference, got, "onnxruntime")
+    # Caffe's row order: image, label ascending, score descending within a label.
+    rows = got.reshape(-1, 7)
+    keys = [(r[0], r[1], -r[2]) for r in rows]
+    assert keys == sorted(keys)
+    # The intermediate blobs of the SSD layers agree with OpenCV too.
+    names = ["norm1", "norm1_loc_perm", "mbox_priorbox", "mbox_conf_flatten"]
+    for name, ref in opencv_outputs(proto, model, inputs, names).items():
+        assert_close(ref, blobs[name], name)
