@@ -89,6 +89,12 @@ DEFAULT_DETECTION = ("background_label_id: 0 nms_param { nms_threshold: 0.45 top
                      "keep_top_k: 40 confidence_threshold: 0.2")
 
 
+def opencv_detections(proto: Path, model: Path, inputs: dict) -> np.ndarray:
+    """OpenCV's DetectionOutput rows, without the all-zero rows it pads its output with up to keep_top_k."""
+    rows = opencv_outputs(proto, model, inputs, ["detection_out"])["detection_out"].reshape(-1, 7)
+    return rows[np.abs(rows).sum(axis=1) > 0].reshape(1, 1, -1, 7)
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -104,9 +110,15 @@ def assert_same_detections(reference: np.ndarray, got: np.ndarray, what: str) ->
     out = got.reshape(-1, 7)
     assert ref.shape == out.shape, f"{what}: {len(out)} detections, the reference has {len(ref)}"
     free = list(range(len(out)))
+
+    def same_box(a, b):  # a box with max < min (possible with CORNER codes) has no IoU: compare corners
+        if a[2] < a[0] or a[3] < a[1]:
+            return bool(np.abs(a - b).max() <= 1e-4)
+        return iou(a, b) >= 0.99
+
     for row in ref:
         match = [j for j in free if out[j, 0] == row[0] and out[j, 1] == row[1] and abs(out[j, 2] - row[2]) <= 1e-4
-                 and iou(out[j, 3:], row[3:]) >= 0.99]
+                 and same_box(row[3:], out[j, 3:])]
         assert match, f"{what}: no partner for reference row {row.tolist()}"
         free.remove(match[0])
 
@@ -120,7 +132,7 @@ def tiny(tmp_path_factory):
 
 def test_detection_end_to_end_matches_opencv(tiny):
     tmp, proto, model, inputs = tiny
-    reference = opencv_outputs(proto, model, inputs, ["detection_out"])["detection_out"]
+    reference = opencv_detections(proto, model, inputs)
     assert reference.shape[2] > 5  # a test with a handful of boxes or none would prove little
     module = ninport.load(proto, model)
     blobs = torch_blobs(module, inputs)
@@ -138,3 +150,129 @@ def test_detection_end_to_end_matches_opencv(tiny):
     names = ["norm1", "norm1_loc_perm", "mbox_priorbox", "mbox_conf_flatten"]
     for name, ref in opencv_outputs(proto, model, inputs, names).items():
         assert_close(ref, blobs[name], name)
+
+
+# ---- DetectionOutput's options ------------------------------------------------------------------------------
+
+
+def detection_output_ref(loc, conf, prior, classes: int, share: bool = True, background: int = 0,
+                         code_type: int = 2, in_target: bool = False, top_k: int = -1, keep_top_k: int = -1,
+                         nms: float = 0.45, threshold: float = -np.inf, clip: bool = False) -> np.ndarray:
+    """detection_output_layer.cpp Forward_cpu with bbox_util.cpp's DecodeBBox, ApplyNMSFast (eta 1) and
+    JaccardOverlap, restated in float64 loops; OpenCV's ``clip`` clips the decoded boxes."""
+    n, p = loc.shape[0], prior.shape[2] // 4
+    pri, var = prior[0, 0].reshape(p, 4).astype(np.float64), prior[0, 1].reshape(p, 4).astype(np.float64)
+    if in_target:
+        var = np.ones_like(var)
+    loc = loc.reshape(n, p, 1 if share else classes, 4).astype(np.float64)
+    conf = conf.reshape(n, p, classes).astype(np.float64)
+
+    def decode(d, q, v):
+        pw, ph = q[2] - q[0], q[3] - q[1]
+        if code_type == 1:
+            out = q + v * d
+        elif code_type == 3:
+            out = q + v * d * np.array([pw, ph, pw, ph])
+        else:
+            cx, cy = (q[0] + q[2]) / 2 + v[0] * d[0] * pw, (q[1] + q[3]) / 2 + v[1] * d[1] * ph
+            w, h = np.exp(v[2] * d[2]) * pw, np.exp(v[3] * d[3]) * ph
+            out = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        return np.clip(out, 0, 1) if clip else out
+
+    rows = []
+    for i in range(n):
+        kept = {}
+        for c in range(classes):
+            if c == background:
+                continue
+            boxes = [decode(loc[i, j, 0 if share else c], pri[j], var[j]) for j in range(p)]
+            order = sorted((j for j in range(p) if conf[i, j, c] > threshold), key=lambda j: -conf[i, j, c])
+            order = order[:top_k] if top_k > -1 else order
+            chosen = []
+            for j in order:
+                if all(iou(boxes[j], boxes[k]) <= nms for k in chosen):
+                    chosen.append(j)
+            kept[c] = [(conf[i, j, c], j, boxes[j]) for j in chosen]
+        total = sum(len(v) for v in kept.values())
+        if keep_top_k > -1 and total > keep_top_k:
+            best = sorted(((s, c, j) for c, v in kept.items() for s, j, _ in v), key=lambda x: -x[0])[:keep_top_k]
+            keep = {(c, j) for _, c, j in best}
+            kept = {c: [x for x in v if (c, x[1]) in keep] for c, v in kept.items()}
+        for c in sorted(kept):
+            for s, _, box in kept[c]:
+                rows.append([i, c, s, *box])
+    if not rows:
+        rows = [[i, -1, -1, -1, -1, -1, -1] for i in range(n)]
+    return np.asarray(rows, dtype=np.float32).reshape(1, 1, -1, 7)
+
+
+VARIANTS = {
+    "no loc sharing": dict(share_location=False),
+    "corner code": dict(detection="background_label_id: 0 nms_param { nms_threshold: 0.3 top_k: 50 } code_type: CORNER keep_top_k: 30 "
+                                  "confidence_threshold: 0.2"),
+    # (OpenCV needs keep_top_k and aborts on -1: a large one keeps all; -1 is checked against the restatement.)
+    "no top_k, batch 2": dict(n=2, detection="background_label_id: 0 nms_param { nms_threshold: 0.5 } "
+                                             "code_type: CENTER_SIZE keep_top_k: 5000 confidence_threshold: 0.3"),
+    "background 2": dict(detection="background_label_id: 2 nms_param { nms_threshold: 0.45 top_k: 40 } "
+                                   "code_type: CENTER_SIZE keep_top_k: 25 confidence_threshold: 0.25"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_detection_options_match_opencv(tmp_path, variant):
+    proto, model, inputs = ssd_net(tmp_path, seed=3, **VARIANTS[variant])
+    reference = opencv_detections(proto, model, inputs)
+    assert reference.shape[2] > 5
+    module = ninport.load(proto, model)
+    assert_same_detections(reference, torch_blobs(module, inputs)["detection_out"], "torch")
+    path = tmp_path / "ssd.onnx"
+    ninport.export_onnx(module, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert_same_detections(reference, session.run(["detection_out"], inputs)[0], "onnxruntime")
+
+
+def _onnx_detections(module, path: Path, inputs) -> np.ndarray:
+    ninport.export_onnx(module, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["detection_out"], inputs)[0]
+
+
+@pytest.mark.parametrize(("variant", "options", "ref_options"), [
+    # OpenCV has no CORNER_SIZE: the numpy restatement is the reference.
+    ("corner size", "nms_param { nms_threshold: 0.4 top_k: 30 } code_type: CORNER_SIZE keep_top_k: 15 "
+                    "confidence_threshold: 0.2", dict(code_type=3, top_k=30, keep_top_k=15, nms=0.4, threshold=0.2)),
+    # OpenCV's clip field: decoded boxes clipped to [0, 1].
+    ("clip", "nms_param { nms_threshold: 0.45 top_k: 30 } code_type: CENTER_SIZE keep_top_k: 20 "
+             "confidence_threshold: 0.2 clip: true", dict(top_k=30, keep_top_k=20, threshold=0.2, clip=True)),
+    # OpenCV wants a one-channel prior blob with variance_encoded_in_target; Caffe takes the usual two.
+    ("variance in target", "nms_param { nms_threshold: 0.45 top_k: 40 } code_type: CENTER_SIZE "
+                           "variance_encoded_in_target: true keep_top_k: 20 confidence_threshold: 0.2",
+     dict(in_target=True, top_k=40, keep_top_k=20, threshold=0.2)),
+    # Caffe's defaults: no top_k, keep_top_k -1, no confidence threshold.
+    ("defaults", "nms_param { nms_threshold: 0.3 } code_type: CENTER_SIZE", dict(nms=0.3)),
+    # Nothing over the threshold: Caffe writes one row per image, (i, -1, ..., -1).
+    ("nothing kept", "nms_param { nms_threshold: 0.45 } code_type: CENTER_SIZE confidence_threshold: 1",
+     dict(threshold=1.0)),
+])
+def test_detection_options_match_the_fork_source(tmp_path, variant, options, ref_options):
+    proto, model, inputs = ssd_net(tmp_path, seed=5, n=2, detection=options)
+    module = ninport.load(proto, model)
+    blobs = torch_blobs(module, inputs)
+    reference = detection_output_ref(blobs["mbox_loc"], blobs["mbox_conf_flatten"], blobs["mbox_priorbox"],
+                                     classes=4, **ref_options)
+    if variant == "nothing kept":
+        assert reference.shape == (1, 1, 2, 7) and reference[0, 0, 1, 0] == 1
+    else:
+        assert reference.shape[2] > 5
+    assert_same_detections(reference, blobs["detection_out"], "torch")
+    assert_same_detections(reference, _onnx_detections(module, tmp_path / "d.onnx", inputs), "onnxruntime")
+
+
+def test_restatement_agrees_with_opencv(tiny):
+    """The numpy restatement used above is itself checked against OpenCV on the default options."""
+    _, proto, model, inputs = tiny
+    blobs = torch_blobs(ninport.load(proto, model), inputs)
+    reference = detection_output_ref(blobs["mbox_loc"], blobs["mbox_conf_flatten"], blobs["mbox_priorbox"],
+                                     classes=4, top_k=60, keep_top_k=40, threshold=0.2)
+    assert_same_detections(opencv_detections(proto, model, inputs), reference,
+                           "restatement")

@@ -5,6 +5,7 @@ src/caffe/util/bbox_util.cpp (DecodeBBox, ApplyNMSFast, JaccardOverlap) of that 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -73,17 +74,17 @@ def permute(ctx: LayerContext) -> nn.Module:
 # DetectionOutput
 
 
-def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Jaccard overlap of one corner box with many (bbox_util.cpp JaccardOverlap, normalized boxes): 0 when
-    they do not intersect."""
-    w = (torch.minimum(box[2], boxes[:, 2]) - torch.maximum(box[0], boxes[:, 0])).clamp(min=0)
-    h = (torch.minimum(box[3], boxes[:, 3]) - torch.maximum(box[1], boxes[:, 1])).clamp(min=0)
+    they do not intersect, and an invalid box (max < min) has size 0."""
+    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     inter = w * h
-    area = (box[2] - box[0]).clamp(min=0) * (box[3] - box[1]).clamp(min=0)
-    areas = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    area = max(box[2] - box[0], 0) * max(box[3] - box[1], 0)
+    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     union = area + areas - inter
-    return torch.where(inter > 0, inter / torch.where(union > 0, union, torch.ones_like(union)),
-                       torch.zeros_like(inter))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / np.where(union > 0, union, 1), 0)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -94,18 +95,20 @@ class _NonMaxSuppression(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, max_out: int, iou_threshold: float,
                 score_threshold: float) -> torch.Tensor:
+        # In numpy: torch ops here would all be recorded (slowly) while the exporter traces the module.
+        all_boxes, all_scores = boxes.detach().cpu().numpy(), scores.detach().cpu().numpy()
         rows = []
-        for b in range(boxes.shape[0]):
-            for c in range(scores.shape[1]):
-                s = scores[b, c]
-                candidates = torch.nonzero(s > score_threshold).flatten()
+        for b in range(all_boxes.shape[0]):
+            for c in range(all_scores.shape[1]):
+                s = all_scores[b, c]
+                candidates = np.flatnonzero(s > score_threshold)
                 # Descending score, ties to the lower index (std::stable_sort in GetMaxScoreIndex).
-                order = candidates[torch.sort(-s[candidates], stable=True).indices]
+                order = candidates[np.argsort(-s[candidates], kind="stable")]
                 kept: list[int] = []
                 for i in order.tolist():
                     if len(kept) >= max_out:
                         break
-                    if kept and bool((_iou(boxes[b, i], boxes[b, kept]) > iou_threshold).any()):
+                    if kept and bool((_iou(all_boxes[b, i], all_boxes[b, kept]) > iou_threshold).any()):
                         continue
                     kept.append(i)
                 rows.extend((b, c, i) for i in kept)
@@ -121,6 +124,14 @@ class _NonMaxSuppression(torch.autograd.Function):
 
 
 CORNER, CENTER_SIZE, CORNER_SIZE = 1, 2, 3
+
+
+def _sort(x: torch.Tensor, dim: int = -1, descending: bool = False):
+    """A sort whose ties go to the lower index: stable in eager mode; traced, an ONNX TopK, whose ties go to
+    the lower index by the operator's definition (the exporter has no stable sort)."""
+    if torch.jit.is_tracing():
+        return torch.sort(x, dim=dim, descending=descending)
+    return torch.sort(x, dim=dim, descending=descending, stable=True)
 
 
 class DetectionOutput(nn.Module):
@@ -179,11 +190,18 @@ class DetectionOutput(nn.Module):
         else:
             per_class = boxes.index_select(2, labels).permute(0, 2, 1, 3)  # (n, K, p, 4)
         # top_k candidates per class (GetMaxScoreIndex), sorted by score; then NMS per (image, class).
-        top_scores, top_index = scores.topk(self.top_k, dim=2)
+        # Ties go to the lower index, as in ONNX's TopK and Caffe's std::stable_sort: a stable sort, then a slice.
+        ranked = _sort(scores, dim=2, descending=True)
+        top_scores, top_index = ranked.values[:, :, : self.top_k], ranked.indices[:, :, : self.top_k]
         top_boxes = torch.gather(per_class, 2, top_index.unsqueeze(-1).expand(-1, -1, -1, 4))
         flat_boxes = top_boxes.reshape(-1, self.top_k, 4)
         flat_scores = top_scores.reshape(-1, 1, self.top_k)
-        selected = _NonMaxSuppression.apply(flat_boxes, flat_scores, self.top_k, float(self.nms_threshold),
+        # Caffe gives a box with max < min size 0, so it overlaps nothing (BBoxSize, IntersectBBox); ONNX's NMS
+        # would reorder its corners. Such boxes go to NMS as unit squares far apart from everything.
+        valid = (flat_boxes[..., 2:] >= flat_boxes[..., :2]).all(dim=-1, keepdim=True)
+        spot = (torch.cumsum(torch.ones_like(flat_boxes[..., :1]), 1) * 3 + 10).expand(-1, -1, 2)
+        nms_boxes = torch.where(valid, flat_boxes, torch.cat([spot, spot + 1], dim=-1))
+        selected = _NonMaxSuppression.apply(nms_boxes, flat_scores, self.top_k, float(self.nms_threshold),
                                             float(self.confidence_threshold))
         group, rank = selected[:, 0], selected[:, 2]
         image = torch.div(group, k_classes, rounding_mode="floor")
@@ -191,12 +209,12 @@ class DetectionOutput(nn.Module):
         score = flat_scores[group, 0, rank]
         box = flat_boxes[group, rank]
         counter = torch.cumsum(torch.ones_like(group), 0) - 1  # 0, 1, 2, ...
-        order = torch.sort(score, descending=True).indices  # over the whole batch, best first
+        order = _sort(score, descending=True).indices  # over the whole batch, best first
         score_rank = torch.zeros_like(order).scatter(0, order, counter)
         big = 1 << 31  # more than any number of rows
         if self.keep_top_k > -1:
             # Each image keeps its keep_top_k best: position within the image after sorting by (image, score).
-            by_image = torch.sort(image * big + score_rank).indices
+            by_image = _sort(image * big + score_rank).indices
             sorted_image = image[by_image]
             slots = torch.zeros_like(loc.flatten(1)[:, 0], dtype=torch.int64)  # one per image
             per_image = slots.scatter_add(0, image, torch.ones_like(image))
@@ -204,7 +222,7 @@ class DetectionOutput(nn.Module):
             keep = by_image[(counter - first[sorted_image]) < self.keep_top_k]
             image, label, score, box, score_rank = image[keep], label[keep], score[keep], box[keep], score_rank[keep]
         # Caffe's order: image, then label (a std::map), then score within a label.
-        final = torch.sort((image * self.classes + label) * big + score_rank).indices
+        final = _sort((image * self.classes + label) * big + score_rank).indices
         rows = torch.cat([image[final].unsqueeze(1).to(box.dtype), label[final].unsqueeze(1).to(box.dtype),
                           score[final].unsqueeze(1), box[final]], dim=1)
         # Nothing kept in the batch: one row per image, (i, -1, -1, -1, -1, -1, -1).
