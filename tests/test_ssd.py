@@ -111,8 +111,8 @@ def assert_same_detections(reference: np.ndarray, got: np.ndarray, what: str) ->
     assert ref.shape == out.shape, f"{what}: {len(out)} detections, the reference has {len(ref)}"
     free = list(range(len(out)))
 
-    def same_box(a, b):  # a box with max < min (possible with CORNER codes) has no IoU: compare corners
-        if a[2] < a[0] or a[3] < a[1]:
+    def same_box(a, b):  # a box with max <= min (CORNER codes; the empty rows) has no IoU: compare corners
+        if a[2] <= a[0] or a[3] <= a[1]:
             return bool(np.abs(a - b).max() <= 1e-4)
         return iou(a, b) >= 0.99
 
@@ -208,8 +208,8 @@ def detection_output_ref(loc, conf, prior, classes: int, share: bool = True, bac
 
 VARIANTS = {
     "no loc sharing": dict(share_location=False),
-    "corner code": dict(detection="background_label_id: 0 nms_param { nms_threshold: 0.3 top_k: 50 } code_type: CORNER keep_top_k: 30 "
-                                  "confidence_threshold: 0.2"),
+    "corner code": dict(detection="background_label_id: 0 nms_param { nms_threshold: 0.3 top_k: 50 } "
+                                  "code_type: CORNER keep_top_k: 30 confidence_threshold: 0.2"),
     # (OpenCV needs keep_top_k and aborts on -1: a large one keeps all; -1 is checked against the restatement.)
     "no top_k, batch 2": dict(n=2, detection="background_label_id: 0 nms_param { nms_threshold: 0.5 } "
                                              "code_type: CENTER_SIZE keep_top_k: 5000 confidence_threshold: 0.3"),
