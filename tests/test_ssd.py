@@ -12,6 +12,7 @@ import pytest
 from layer_harness import assert_close, opencv_outputs, torch_blobs, write_net
 
 import ninport
+from ninport.errors import NinportError
 
 HEADER = 'name: "ssd_tiny"\ninput: "data"\ninput_shape {{ dim: {n} dim: 3 dim: {h} dim: {w} }}\n'
 
@@ -276,3 +277,156 @@ def test_restatement_agrees_with_opencv(tiny):
                                      classes=4, top_k=60, keep_top_k=40, threshold=0.2)
     assert_same_detections(opencv_detections(proto, model, inputs), reference,
                            "restatement")
+
+
+# ---- PriorBox, Normalize, Permute -------------------------------------------------------------------------------
+
+# clip is always given: OpenCV clips by default, the fork does not (the default is checked against the restatement).
+PRIOR_VARIANTS = {
+    "auto step": "min_size: 4 max_size: 9 aspect_ratio: 2 flip: true clip: false variance: 0.1 variance: 0.1 "
+                 "variance: 0.2 variance: 0.2",
+    "step, offset 0, clip, one variance": "min_size: 5 aspect_ratio: 2 aspect_ratio: 3 flip: false clip: true "
+                                          "variance: 0.1 step: 3 offset: 0",
+    # OpenCV uses the image's size whatever img_h/img_w say: they are the image's here.
+    "two sizes, img_size, step_h/w": "min_size: 3 min_size: 6 max_size: 7 max_size: 12 aspect_ratio: 2 "
+                                     "img_h: 20 img_w: 24 step_h: 2 step_w: 3 variance: 0.2 clip: false",
+    "duplicate ratios": "min_size: 4 aspect_ratio: 2 aspect_ratio: 0.5 aspect_ratio: 2 flip: true variance: 0.3 "
+                        "clip: true",
+}
+
+
+def test_prior_box_matches_opencv(tmp_path):
+    text = HEADER.format(n=1, h=20, w=24)
+    text += layer("pool", "Pooling", ["data"], "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
+    names = []
+    for i, param in enumerate(PRIOR_VARIANTS.values()):
+        text += layer(f"prior{i}", "PriorBox", ["pool", "data"], f"prior_box_param {{ {param} }}")
+        names.append(f"prior{i}")
+    proto, _ = write_net(tmp_path, text)
+    inputs = {"data": np.zeros((1, 3, 20, 24), np.float32)}
+    reference = opencv_outputs(proto, None, inputs, names)
+    module = ninport.load(proto, None)
+    blobs = torch_blobs(module, inputs)
+    for name in names:
+        assert blobs[name].shape == reference[name].shape, name
+        assert_close(reference[name], blobs[name], name)
+    # Folded: the ONNX graph computes nothing for the priors, they are stored values.
+    assert not [n for n in _onnx_ops(module, tmp_path / "p.onnx") if n.op_type not in ("MaxPool", "Identity")]
+
+
+def _onnx_ops(module, path: Path):
+    import onnx
+
+    ninport.export_onnx(module, path)
+    return list(onnx.load(str(path)).graph.node)
+
+
+def prior_box_ref(min_sizes, max_sizes, ratios, flip, feature_hw, image_hw) -> np.ndarray:
+    """prior_box_layer.cpp Forward_cpu restated as its loops, box sizes through ``int`` as the fork writes
+    (``int min_size_ = min_sizes_[s]``); automatic steps, offset 0.5, variance 0.1, no clip."""
+    ars = [1.0]
+    for ar in ratios:
+        if all(abs(ar - a) >= 1e-6 for a in ars):
+            ars += [ar, 1 / ar] if flip else [ar]
+    (fh, fw), (ih, iw) = feature_hw, image_hw
+    out = []
+    for h in range(fh):
+        for w in range(fw):
+            cx, cy = (w + 0.5) * (iw / fw), (h + 0.5) * (ih / fh)
+            for s, mn in enumerate(min_sizes):
+                sizes = [(int(mn), int(mn))]
+                if max_sizes:
+                    side = np.sqrt(int(mn) * int(max_sizes[s]))
+                    sizes.append((side, side))
+                sizes += [(int(mn) * np.sqrt(a), int(mn) / np.sqrt(a)) for a in ars if abs(a - 1) >= 1e-6]
+                for bw, bh in sizes:
+                    out += [(cx - bw / 2) / iw, (cy - bh / 2) / ih, (cx + bw / 2) / iw, (cy + bh / 2) / ih]
+    return np.stack([np.asarray(out), np.full(len(out), 0.1)])[None].astype(np.float32)
+
+
+def test_prior_box_truncates_sizes_as_the_fork(tmp_path):
+    # OpenCV keeps fractional sizes; the fork's loop reads them into an int: the restatement is the reference.
+    text = HEADER.format(n=1, h=18, w=18)
+    text += layer("pool", "Pooling", ["data"], "pooling_param { pool: MAX kernel_size: 3 stride: 3 }")
+    text += layer("prior", "PriorBox", ["pool", "data"],
+                  "prior_box_param { min_size: 4.7 max_size: 9.6 aspect_ratio: 2 flip: true }")
+    proto, _ = write_net(tmp_path, text)
+    blobs = torch_blobs(ninport.load(proto, None), {"data": np.zeros((1, 3, 18, 18), np.float32)})
+    reference = prior_box_ref([4.7], [9.6], [2.0], True, (6, 6), (18, 18))
+    assert_close(reference, blobs["prior"], "prior")
+    # The truncation is visible: the first box of the first cell is 4 pixels wide, not 4.7 (and not clipped at
+    # the image's edge, the fork's default).
+    assert blobs["prior"][0, 0, 2] - blobs["prior"][0, 0, 0] == pytest.approx(4 / 18, rel=1e-6)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_normalize_and_permute_match_opencv(tmp_path, shared):
+    rng = np.random.default_rng(7)
+    text = HEADER.format(n=2, h=5, w=6)
+    weights = []
+    for across in (True, False):
+        name = f"norm_{'across' if across else 'within'}"
+        text += layer(name, "Normalize", ["data"], f"norm_param {{ across_spatial: {str(across).lower()} "
+                      f"channel_shared: {str(shared).lower()} eps: 0.001 }}")
+        scale = rng.uniform(0.5, 3, size=() if shared else (3,)).astype(np.float32)
+        weights.append((name, "Normalize", [scale]))
+    orders = {"perm_nhwc": "order: 0 order: 2 order: 3 order: 1", "perm_batch": "order: 1 order: 0 order: 3 order: 2"}
+    if shared:  # OpenCV takes a partial order for the whole permutation (and refuses this one); Caffe completes it
+        orders["perm_partial"] = "order: 0 order: 3"
+    for name, order in orders.items():
+        text += layer(name, "Permute", ["norm_within"], f"permute_param {{ {order} }}")
+    proto, model = write_net(tmp_path, text, weights)
+    inputs = {"data": rng.normal(size=(2, 3, 5, 6)).astype(np.float32)}
+    # normalize_layer.cpp restated: x / sqrt(sum of squares + eps) over C, H, W (across) or over C, times the
+    # scale. OpenCV is the reference where it can be: it cannot read the 0-axis blob of a shared scale, and
+    # refuses a per-channel scale across space.
+    x = inputs["data"].astype(np.float64)
+    per_channel = (lambda s: s) if shared else (lambda s: s.reshape(1, -1, 1, 1))
+    reference = {
+        "norm_across": x / np.sqrt((x * x).sum(axis=(1, 2, 3), keepdims=True) + 0.001) * per_channel(weights[0][2][0]),
+        "norm_within": x / np.sqrt((x * x).sum(axis=1, keepdims=True) + 0.001) * per_channel(weights[1][2][0]),
+    }
+    if not shared:
+        cv_text = "".join(x for x in text.splitlines(True) if not x.startswith('layer { name: "norm_across"'))
+        cv_proto, cv_model = write_net(tmp_path, cv_text, weights[1:], name="opencv")
+        opencv = opencv_outputs(cv_proto, cv_model, inputs, ["norm_within", *orders])
+        assert_close(opencv["norm_within"], reference["norm_within"], "restatement against OpenCV")
+        reference.update(opencv)
+    names = list(reference)
+    module = ninport.load(proto, model)
+    blobs = torch_blobs(module, inputs)
+    for name in names:
+        assert_close(reference[name], blobs[name], f"torch {name}")
+    if shared:  # order 0, 3: the axes not named (1, 2) follow in their order.
+        np.testing.assert_array_equal(blobs["perm_partial"], blobs["norm_within"].transpose(0, 3, 1, 2))
+    path = tmp_path / "n.onnx"
+    ninport.export_onnx(module, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    for name, got in zip(outputs, session.run(outputs, inputs)):
+        if name in reference:
+            assert_close(reference[name], got, f"onnxruntime {name}")
+
+
+# ---- refusals ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("param", "expected"), [
+    ("prior_box_param { min_size: 8 max_size: 6 }", "max_size must be greater than its min_size"),
+    ("prior_box_param { max_size: 6 }", "needs min_size"),
+    ("prior_box_param { min_size: 4 variance: 0.1 variance: 0.2 }", "Caffe takes 1 or 4"),
+])
+def test_bad_prior_box_is_one_line(tmp_path, run_cli, param, expected):
+    text = HEADER.format(n=1, h=8, w=8) + layer("prior", "PriorBox", ["data", "data"], param)
+    proto, _ = write_net(tmp_path, text)
+    result = run_cli("inspect", str(proto))
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert "\n" not in line and "Traceback" not in line and expected in line and "'prior'" in line
+
+
+def test_adaptive_nms_is_refused(tmp_path):
+    proto, model, _ = ssd_net(tmp_path, detection="background_label_id: 0 nms_param { nms_threshold: 0.45 "
+                                                  "eta: 0.9 } code_type: CENTER_SIZE keep_top_k: 10")
+    with pytest.raises(NinportError, match="adaptive NMS"):
+        ninport.load(proto, model)
