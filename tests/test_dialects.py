@@ -218,3 +218,24 @@ def test_fork_caffemodel_with_the_forks_field_numbers(tmp_path):
 
 def pool_text() -> str:
     return pool("pool", "ceil_mode: false", bottom="conv")
+
+
+SSD_TEST_FILE = """name: "ssd_test"
+layer { name: "data" type: "AnnotatedData" top: "data" top: "label" include { phase: TEST }
+  transform_param { mean_value: 127.5 mean_value: 127.5 mean_value: 127.5 scale: 0.007843
+    resize_param { prob: 1 resize_mode: WARP height: 12 width: 12 interp_mode: LINEAR } }
+  data_param { source: "test_lmdb" batch_size: 8 backend: LMDB }
+  annotated_data_param { batch_sampler { } label_map_file: "labelmap.prototxt" } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "eval" type: "DetectionEvaluate" bottom: "conv" bottom: "label" top: "eval" include { phase: TEST }
+  detection_evaluate_param { num_classes: 21 background_label_id: 0 overlap_threshold: 0.5 evaluate_difficult_gt: false
+    name_size_file: "test_name_size.txt" } }
+"""
+
+
+def test_ssd_test_file_reads_as_published(tmp_path):
+    """An SSD test file: AnnotatedData with SSD's transform fields becomes the input, DetectionEvaluate is dropped."""
+    proto, _ = write_net(tmp_path, SSD_TEST_FILE)
+    net, shapes = load_net(proto, input_shape="1,3,12,12")
+    assert [x.type for x in net.layers] == ["Input", "Convolution"]
+    assert shapes.blobs["conv"] == (1, 4, 10, 10)

@@ -124,9 +124,10 @@ def recognise(layers: list[tuple[str, str, Message]], rewritten: list[tuple[str,
     for dialect in DIALECTS:
         hits: list[str] = []
         for name, kind, fields in used:
-            hits.extend(f"{name}: {f}" for f in dialect.fields if f in fields)
-            if kind in dialect.types:
+            if kind in dialect.types:  # one line per layer: its type, else the fields that told
                 hits.append(f"{name}: type {kind}")
+            else:
+                hits.extend(f"{name}: {f}" for f in dialect.fields if f in fields)
         if hits:
             report.names.append(dialect.name)
             report.evidence[dialect.name] = hits
