@@ -210,3 +210,13 @@ def _detection_output(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     # The number of rows is known only after NMS; Caffe's Reshape declares one row (1, 1, 1, 7) and Forward
     # gives (1, 1, kept, 7): image, label, score, xmin, ymin, xmax, ymax.
     return LayerShapes([(1, 1, 1, 7)])
+
+
+def detection_rows(blob: np.ndarray) -> np.ndarray:
+    """A DetectionOutput top in a canonical form for comparing backends: rows (image, label, score, box) sorted
+    by image, label, descending score, then box, without the all-zero rows OpenCV pads its output with. The set
+    of detections is what Caffe defines; the order of rows with equal keys is not."""
+    rows = np.asarray(blob, dtype=np.float64).reshape(-1, 7)
+    rows = rows[np.abs(rows).sum(axis=1) > 0]
+    order = np.lexsort((rows[:, 6], rows[:, 5], rows[:, 4], rows[:, 3], -rows[:, 2], rows[:, 1], rows[:, 0]))
+    return rows[order].reshape(1, 1, -1, 7)
