@@ -430,3 +430,20 @@ def test_adaptive_nms_is_refused(tmp_path):
                                                   "eta: 0.9 } code_type: CENTER_SIZE keep_top_k: 10")
     with pytest.raises(NinportError, match="adaptive NMS"):
         ninport.load(proto, model)
+
+
+def test_verify_compares_detections_as_sets(tiny):
+    """OpenCV pads its rows with zeros and orders them by score, Caffe by label: ``verify`` compares the
+    DetectionOutput top as a set of rows, so a faithful conversion passes and a moved box does not."""
+    from ninport.caffe.ssd import detection_rows
+    from ninport.verify import verify
+
+    _, proto, model, inputs = tiny
+    report = verify(proto, model, inputs["data"], reference="opencv", runtimes="onnxruntime", warn=lambda m: None)
+    rows = [r for r in report.rows if r.blob == "detection_out"]
+    assert {r.backend for r in rows} >= {"torch", "onnxruntime"} and report.ok
+    a = np.array([[0, 2, 0.9, 0.1, 0.1, 0.5, 0.5], [0, 1, 0.8, 0.2, 0.2, 0.4, 0.4], [0, 0, 0, 0, 0, 0, 0]])
+    assert detection_rows(a).reshape(-1, 7).tolist() == [a[1].tolist(), a[0].tolist()]
+    b = a.copy()
+    b[0, 3] += 0.01
+    assert np.abs(detection_rows(a) - detection_rows(b)).max() == pytest.approx(0.01)
