@@ -447,3 +447,27 @@ def test_verify_compares_detections_as_sets(tiny):
     b = a.copy()
     b[0, 3] += 0.01
     assert np.abs(detection_rows(a) - detection_rows(b)).max() == pytest.approx(0.01)
+
+
+def test_published_mobilenet_ssd_matches_opencv(tmp_path):
+    """chuanqi305's MobileNet-SSD deploy file as published (reference/zoo/mobilenet_ssd), seeded weights: the
+    dialect is named, and the detections match OpenCV's as a set (torch; the ONNX path is the tiny net's)."""
+    from ninport.caffe import read_net
+    from ninport.caffe.seeded import write_seeded_caffemodel
+
+    proto = Path(__file__).resolve().parent.parent / "reference" / "zoo" / "mobilenet_ssd" / "deploy.prototxt"
+    net = read_net(proto)
+    assert net.dialects.names == ["SSD"]
+    model = tmp_path / "mobilenet_ssd.caffemodel"
+    write_seeded_caffemodel(net, model, seed=1)
+    # At this input scale the seeded net scores 64 boxes over the file's threshold, none tied.
+    inputs = {"data": np.random.default_rng(0).uniform(-2, 2, size=(1, 3, 300, 300)).astype(np.float32)}
+    module = ninport.load(proto, model)
+    blobs = torch_blobs(module, inputs)
+    assert blobs["mbox_priorbox"].shape == (1, 2, 1917 * 4)
+    reference = opencv_outputs(proto, model, inputs, ["mbox_priorbox", "mbox_conf_flatten"])
+    for name, ref in reference.items():
+        assert_close(ref, blobs[name], name)
+    reference = opencv_detections(proto, model, inputs)
+    assert reference.shape[2] > 20
+    assert_same_detections(reference, blobs["detection_out"], "torch")
