@@ -586,7 +586,17 @@ def verify(
     versions = [top for _, _, tops in module.plan for top in tops]
     outputs = set(module.output_names)
     keyed: list[tuple[tuple, Comparison]] = []
+    layer_types = {layer.name: layer.type for layer in net.layers}
 
+    detection_layers = {layer.name for layer in net.layers if layer.type == "DetectionOutput"}
+
+    def canonical(blob: str, array: np.ndarray) -> np.ndarray:
+        """A DetectionOutput top is a set of rows: compared in one canonical order (ninport.caffe.ssd)."""
+        if infos[blob].layer in detection_layers:
+            from ninport.caffe.ssd import detection_rows
+
+            return detection_rows(array)
+        return array
     say("torch")
     inputs = [np.ascontiguousarray(feeds[n]) for n in module.input_names]
     with torch.no_grad():
@@ -600,19 +610,21 @@ def verify(
         report.notes.append(f"the float64 forward failed ({_error_text(exc, 200)}): every blob is judged against "
                             "the float32 torch module, with --rtol alone")
         truth = dict(torch_blobs)
-    floors = {blob: distance(truth[blob], torch_blobs[blob])[1] for blob in versions}
+    floors = {blob: distance(canonical(blob, truth[blob]), canonical(blob, torch_blobs[blob]))[1]
+              for blob in versions}
 
     def add(blob: str, backend: str, order: int, got: np.ndarray, tolerance: float, label: str | None = None,
             at: str | None = None) -> None:
         """``got`` for blob version ``blob`` against the truth; ``label``/``at``: the Caffe name a reference row
         shows and the version whose place in the net it takes (a shared blob's last write)."""
         info = infos[at or blob]
+        want, got = canonical(at or blob, truth[blob]), canonical(at or blob, got)
         if backend == "torch":
-            verdict = judge_floor(truth[blob], got, tolerance)
+            verdict = judge_floor(want, got, tolerance)
         else:
-            verdict = judge(truth[blob], floors[blob], got, tolerance)
-        cosine = compare_blobs(truth[blob], got)[2]
-        argmax = argmax_agreement(truth[blob], got) if blob in outputs else None
+            verdict = judge(want, floors[blob], got, tolerance)
+        cosine = compare_blobs(want, got)[2]
+        argmax = argmax_agreement(want, got) if blob in outputs else None
         final = info.final if at is None else infos[at].final
         keyed.append(((info.position, order), Comparison(
             blob=label or blob, layer=info.layer, backend=backend, against="float64", max_abs=verdict.max_abs,

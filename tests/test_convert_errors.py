@@ -63,9 +63,9 @@ def test_layer_without_weights(run_cli, tmp_path, small):
     _no_outputs(out)
 
 
-@pytest.mark.parametrize("bad_type", ["PriorBox", "Python"])
+@pytest.mark.parametrize("bad_type", ["CTCGreedyDecoder", "Python"])
 def test_unsupported_layer(run_cli, tmp_path, small, bad_type):
-    # PriorBox (from the SSD fork) and Python (user code inside Caffe) cannot be converted: either
+    # CTCGreedyDecoder (from an OCR fork) and Python (user code inside Caffe) cannot be converted: either
     # way the conversion stops before building anything and names every such layer.
     proto, net = small
     text = SMALL_NET + (

@@ -3,7 +3,8 @@
 The fork is made here from ninport's protos/caffe.proto by text substitution: PoolingParameter's enum
 ``round_mode = 13`` becomes ``bool ceil_mode = 13`` (as in several forks, and in OpenCV's own schema, so
 OpenCV is the reference for it), ConvolutionParameter and FillerParameter gain fields, PoolMethod gains a value,
-ReLUParameter's ``negative_slope`` moves to another number, and LayerParameter gains SSD's ``permute_param``.
+ReLUParameter's ``negative_slope`` moves to another number, and LayerParameter gains a fork-only ``twist_param``
+(a permutation, for a layer type ninport does not know).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def fork_proto(tmp_path_factory) -> Path:
     text = sub(r"(enum PoolMethod \{\n    MAX = 0;\n    AVE = 1;\n    STOCHASTIC = 2;)", r"\1\n    DEF = 3;", text)
     text = sub(r"optional float negative_slope = 1 \[default = 0\];",
                "optional float negative_slope = 77 [default = 0];", text)
-    text = sub(r"(message LayerParameter \{)", r"\1\n  optional PermuteParameter permute_param = 903;", text)
-    text += "\nmessage PermuteParameter {\n  repeated uint32 order = 1;\n}\n"
+    text = sub(r"(message LayerParameter \{)", r"\1\n  optional TwistParameter twist_param = 903;", text)
+    text += "\nmessage TwistParameter {\n  repeated uint32 order = 1;\n}\n"
     path = tmp_path_factory.mktemp("fork") / "caffe.proto"
     path.write_text(text)
     return path
@@ -187,8 +188,8 @@ def test_renumbered_field_is_moved_by_name(tmp_path, fork_proto):
 
 PERMUTE_NET = (
     'input: "data"\ninput_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
-    'layer { name: "perm" type: "Permute" bottom: "data" top: "perm"\n'
-    "  permute_param { order: 0 order: 2 order: 3 order: 1 } }\n"
+    'layer { name: "perm" type: "Twist" bottom: "data" top: "perm"\n'
+    "  twist_param { order: 0 order: 2 order: 3 order: 1 } }\n"
 )
 
 
@@ -204,13 +205,13 @@ def clean_registry():
 
 def test_fork_layer_type_needs_a_plugin_and_the_plugin_reads_fork_fields(tmp_path, fork_proto, clean_registry):
     proto, _ = write_net(tmp_path, PERMUTE_NET)
-    # With the fork's schema the file reads; Permute is no type ninport converts, so its fork-only fields are
+    # With the fork's schema the file reads; Twist is no type ninport converts, so its fork-only fields are
     # kept, not judged, and the preflight names the layer.
-    with pytest.raises(UnsupportedLayerError, match=r"unsupported layer type\(s\) Permute: 'perm' \(Permute, .*:3\)"):
+    with pytest.raises(UnsupportedLayerError, match=r"unsupported layer type\(s\) Twist: 'perm' \(Twist, .*:3\)"):
         registry.preflight(read_net(proto, caffe_proto=fork_proto))
 
     def order(layer):
-        return list(fork_param(layer.param, fork_proto).permute_param.order)
+        return list(fork_param(layer.param, fork_proto).twist_param.order)
 
     class Permute(nn.Module):
         def __init__(self, dims):
@@ -220,7 +221,7 @@ def test_fork_layer_type_needs_a_plugin_and_the_plugin_reads_fork_fields(tmp_pat
         def forward(self, x):
             return x.permute(self.dims)
 
-    ninport.register_layer("Permute", shape=lambda layer, b: [tuple(b[0][i] for i in order(layer))])(
+    ninport.register_layer("Twist", shape=lambda layer, b: [tuple(b[0][i] for i in order(layer))])(
         lambda ctx: Permute(order(ctx.layer)))
     net, found = load_net(proto, caffe_proto=fork_proto)
     assert found.blobs["perm"] == (2, 4, 5, 3)
@@ -258,3 +259,20 @@ def test_unreadable_caffemodel_with_the_fork_schema_is_one_error(tmp_path, fork_
     result = run_cli("inspect", proto, junk, "--caffe-proto", fork_proto)
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: {junk}: not a valid caffemodel")
+
+
+def test_fork_field_the_superset_knows_moves_by_name(tmp_path, fork_proto):
+    # A fork numbering SSD's permute_param 903 (202 in weiliu89/caffe and in ninport's schema): read with the
+    # fork's schema, the field moves to the superset's by name and the built-in Permute converts the layer.
+    fork = tmp_path / "ssdish" / "caffe.proto"
+    fork.parent.mkdir()
+    fork.write_text(upstream_text(UPSTREAM.read_text()).replace(
+        "message LayerParameter {", "message LayerParameter {\n  optional PermuteParameter permute_param = 903;", 1)
+        + "\nmessage PermuteParameter {\n  repeated uint32 order = 1;\n}\n")
+    text = PERMUTE_NET.replace('"Twist"', '"Permute"').replace("twist_param", "permute_param")
+    proto, _ = write_net(tmp_path, text)
+    net, found = load_net(proto, caffe_proto=fork)
+    assert list(net.layer("perm").param.permute_param.order) == [0, 2, 3, 1]
+    assert found.blobs["perm"] == (2, 4, 5, 3)
+    assert ("perm", "translated") in {(f.layer, f.kind) for f in net.fork_fields}
+    registry.preflight(net)  # converted by ninport itself

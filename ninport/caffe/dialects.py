@@ -110,9 +110,11 @@ def _set_fields(layer: Message) -> set[str]:
     return out
 
 
-def recognise(layers: list[tuple[str, str, Message]], rewritten: list[tuple[str, str]] = ()) -> DialectReport:
+def recognise(layers: list[tuple[str, str, Message]], rewritten: list[tuple[str, str]] = (),
+              where: dict[str, str] | None = None) -> DialectReport:
     """Name the dialects of a net from its layers as ``(name, V2 type, LayerParameter-like message)``, and the
-    fields ``(layer, param.field)`` that ``to_upstream_vocabulary`` already rewrote."""
+    fields ``(layer, param.field)`` that ``to_upstream_vocabulary`` already rewrote; ``where`` gives each
+    layer's file:line for errors."""
     report = DialectReport()
     used: list[tuple[str, str, set[str]]] = [(name, kind, _set_fields(msg)) for name, kind, msg in layers]
     extra: dict[str, set[str]] = {}
@@ -122,9 +124,10 @@ def recognise(layers: list[tuple[str, str, Message]], rewritten: list[tuple[str,
     for dialect in DIALECTS:
         hits: list[str] = []
         for name, kind, fields in used:
-            hits.extend(f"{name}: {f}" for f in dialect.fields if f in fields)
-            if kind in dialect.types:
+            if kind in dialect.types:  # one line per layer: its type, else the fields that told
                 hits.append(f"{name}: type {kind}")
+            else:
+                hits.extend(f"{name}: {f}" for f in dialect.fields if f in fields)
         if hits:
             report.names.append(dialect.name)
             report.evidence[dialect.name] = hits
@@ -136,8 +139,9 @@ def recognise(layers: list[tuple[str, str, Message]], rewritten: list[tuple[str,
                      if f.startswith(clash.param + ".") and f.split(".", 1)[1] in clash.by_field}
             if len(votes) > 1:
                 forks = " and ".join(sorted(votes))
-                raise NetError(f"layer {name!r} ({kind}) mixes the {clash.param} fields of {forks}: no fork defines "
-                               "them together")
+                place = f"{where[name]}: " if where and name in where else ""
+                raise NetError(f"{place}layer {name!r} ({kind}) mixes the {clash.param} fields of {forks}: no fork "
+                               "defines them together")
             choice = (next(iter(votes), None) or clash.by_bottoms.get(len(getattr(msg, "bottom", ())))
                       or next((d for d in clash.by_file if d in report.names), clash.default))
             report.layers[name] = choice

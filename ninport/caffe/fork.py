@@ -169,11 +169,11 @@ def _copy_by_name(fm: Message, f: FieldDescriptor, um: Message, u: FieldDescript
                   ctx: _Context) -> None:
     """Set upstream field ``u`` from the fork's field ``f`` (same name, another number)."""
     value = getattr(fm, f.name)
+    if f.type == FieldDescriptor.TYPE_MESSAGE and not u.is_repeated:
+        um.ClearField(u.name)  # before taking the field: a cleared sub-message is detached from its parent
     target = getattr(um, u.name)
     if f.type == FieldDescriptor.TYPE_MESSAGE:
         items = list(value) if f.is_repeated else [value]
-        if not u.is_repeated:
-            um.ClearField(u.name)
         for i, item in enumerate(items):
             sub = target.add() if u.is_repeated else target
             sub.ParseFromString(item.SerializeToString())
@@ -333,7 +333,7 @@ def translate(fork_net: Message, package: str) -> tuple[caffe_pb2.NetParameter, 
 def _builtin_types() -> set[str]:
     from ninport.caffe import shapes
 
-    return {t for t, fn in shapes.RULES.items() if getattr(fn, "__module__", "") == shapes.__name__}
+    return {t for t, fn in shapes.RULES.items() if (getattr(fn, "__module__", "") or "").startswith("ninport.caffe.")}
 
 
 def check_findings(findings: list[ForkField], source: str) -> None:

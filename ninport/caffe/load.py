@@ -51,7 +51,8 @@ def read_net(
     net.fork_fields = fork_fields + [ForkField(path, "translated", note, layer, "Pooling", line)
                                      for layer, path, note, line in rewrites]
     net.dialects = dialects.recognise([(x.name, x.type, x.param) for x in net.layers],
-                                      [(layer, path) for layer, path, _, _ in rewrites])
+                                      [(layer, path) for layer, path, _, _ in rewrites],
+                                      {x.name: net.where(x) for x in net.layers})
     dialects.check_refused([(x.name, x.type, x.param, net.where(x)) for x in net.layers])
     share_in_place_writes(net)  # Caffe's Split/Flatten/Reshape tops share memory with their bottom
     return net

@@ -552,5 +552,6 @@ def infer_shapes(net: Net) -> NetShapes:
     return NetShapes(blobs, per_layer)
 
 
-# The rules of fork layers live in their own family file; importing it registers them here.
-from ninport.caffe import fork_shapes  # noqa: E402,F401
+# Rules of fork families, one file each; imported last so they can use the helpers above, and so registering
+# them here.
+from ninport.caffe import fork_shapes, ssd  # noqa: E402, F401

@@ -100,7 +100,7 @@ DATA_LAYER_TYPES = {
     "VideoData",
 }
 # Layers a deploy view drops: they need labels and produce training signals.
-TRAINING_ONLY_TYPES = {"Accuracy", "HDF5Output"}
+TRAINING_ONLY_TYPES = {"Accuracy", "HDF5Output", "DetectionEvaluate"}  # the last: SSD fork's mAP layer
 
 
 def is_loss_type(layer_type: str) -> bool:

@@ -81,7 +81,7 @@ def is_builtin(layer_type: str) -> bool:
     return fn is not None and _builtin_fn(fn)
 
 
-_BUILTIN_RULE_MODULES = ("ninport.caffe.shapes", "ninport.caffe.fork_shapes")
+_BUILTIN_RULE_MODULES = ("ninport.caffe.shapes", "ninport.caffe.fork_shapes", "ninport.caffe.ssd")
 
 
 def builtin_rule_types() -> set[str]:

@@ -3,6 +3,7 @@
 from ninport.torch.layers import (
     activation,
     convolution,
+    detection,
     eltwise,
     embed,
     fork_basic,
@@ -17,6 +18,7 @@ from ninport.torch.layers import (
 __all__ = [
     "activation",
     "convolution",
+    "detection",
     "eltwise",
     "embed",
     "fork_basic",
