@@ -586,8 +586,6 @@ def verify(
     versions = [top for _, _, tops in module.plan for top in tops]
     outputs = set(module.output_names)
     keyed: list[tuple[tuple, Comparison]] = []
-    layer_types = {layer.name: layer.type for layer in net.layers}
-
     detection_layers = {layer.name for layer in net.layers if layer.type == "DetectionOutput"}
 
     def canonical(blob: str, array: np.ndarray) -> np.ndarray:
