@@ -254,15 +254,16 @@ class OrtRunner(Runner):
 class OpenVinoRunner(Runner):
     name = "openvino"
 
-    def __init__(self, model: BenchModel, threads: int):
+    def __init__(self, model: BenchModel, threads: int, precision: str = "f32"):
         try:
             import openvino as ov
         except ImportError:
             raise RuntimeUnavailableError("openvino is not installed (pip install 'ninport[openvino]')") from None
         self.core = ov.Core()
         self.model = model
+        # precision: OpenVINO's inference precision hint (f32, or bf16 / f16 where the CPU computes in them).
         self.config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                       "INFERENCE_PRECISION_HINT": "f32"}
+                       "INFERENCE_PRECISION_HINT": precision}
         self.request = None
 
     def prepare(self, batch):
@@ -320,6 +321,37 @@ class TorchRunner(Runner):
 
 
 RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "opencv": OpenCvRunner, "torch": TorchRunner}
+OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+# Runtimes that run a second ONNX model given with --compare (a quantized copy); OpenCV and torch do not.
+COMPARE_RUNTIMES = ("onnxruntime", "openvino")
+
+
+def check_runtimes(runtimes: Sequence[str]) -> None:
+    """Each entry is a runtime name, or ``openvino:PRECISION`` (its inference precision hint)."""
+    for spec in runtimes:
+        name, _, precision = spec.partition(":")
+        if name not in RUNNERS:
+            raise NinportError(f"unknown runtime(s) {[spec]}; choose from {', '.join(RUNTIMES)} "
+                               f"(openvino:bf16 for a precision)")
+        if precision and (name != "openvino" or precision not in OPENVINO_PRECISIONS):
+            raise NinportError(f"{spec!r}: only openvino takes a precision, one of {', '.join(OPENVINO_PRECISIONS)}")
+
+
+def make_runner(spec: str, model: BenchModel, threads: int) -> Runner:
+    name, _, precision = spec.partition(":")
+    if precision:
+        return OpenVinoRunner(model, threads, precision=precision)
+    return RUNNERS[name](model, threads)
+
+
+def compare_model(model: BenchModel, path: str) -> BenchModel:
+    """``model`` with its ONNX file swapped for ``path`` (same input, FLOPs counted on the original)."""
+    import dataclasses
+
+    if not os.path.exists(path):
+        raise NinportError(f"{path}: no such file")
+    return dataclasses.replace(model, onnx_path=os.fspath(path), prototxt=None, caffemodel=None,
+                               module_factory=None, notes=[])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -405,12 +437,18 @@ def run_bench(
     input_shape: str | None = None,
     settle: float = 0.1,
     progress: Callable[[str], None] | None = None,
+    compare: dict[str, str] | None = None,
 ) -> dict:
-    """Benchmark ``runtimes`` on one model; see the module docstring. Returns the report as a dict."""
+    """Benchmark ``runtimes`` on one model; see the module docstring. Returns the report as a dict.
+
+    ``compare``: label → another ONNX file of the same net (e.g. ``ninport quantize``'s INT8 copy), run by the
+    ONNX runtimes among ``runtimes`` in the same interleaved rounds, reported as ``runtime [label]``.
+    """
     threads = threads or os.cpu_count() or 1
-    unknown = [r for r in runtimes if r not in RUNNERS]
-    if unknown:
-        raise NinportError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
+    check_runtimes(runtimes)
+    for label, path in (compare or {}).items():
+        if not os.path.exists(path):
+            raise NinportError(f"--compare {label}={path}: no such file")
     if not batches or any(b < 1 for b in batches):
         raise NinportError(f"batch sizes must be positive, got {list(batches)}")
     if repeat < 1:
@@ -418,7 +456,8 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="ninport-bench-") as workdir:
         bench_model = prepare_model(model, caffemodel, workdir, input_shape=input_shape)
         report = bench_prepared(bench_model, batches=batches, threads=threads, runtimes=runtimes, repeat=repeat,
-                                warmup=warmup, gemm_size=gemm_size, settle=settle, progress=progress)
+                                warmup=warmup, gemm_size=gemm_size, settle=settle, progress=progress,
+                                compare=compare)
     report["model"] = os.fspath(model)
     report["caffemodel"] = os.fspath(caffemodel) if caffemodel else None
     return report
@@ -434,15 +473,26 @@ def bench_prepared(
     gemm_size: int = DEFAULT_GEMM_SIZE,
     settle: float = 0.1,
     progress: Callable[[str], None] | None = None,
+    compare: dict[str, str] | None = None,
 ) -> dict:
     """``run_bench`` on a model already prepared (e.g. the files ``ninport convert`` wrote)."""
     threads = threads or os.cpu_count() or 1
+    check_runtimes(runtimes)
     say = progress or (lambda _msg: None)
     runners: dict[str, Runner] = {}
     skipped: dict[str, str] = {}
-    for name in runtimes:
+    plan = [(spec, spec, bench_model) for spec in runtimes]
+    notes = list(bench_model.notes)
+    if compare:
+        notes.append("max rel diff of a --compare model is on seeded N(0,1) inputs, which may lie outside an INT8 "
+                     "copy's calibrated ranges; `ninport quantize` reports agreement on calibrated inputs")
+    for label, path in (compare or {}).items():
+        other = compare_model(bench_model, path)
+        plan += [(f"{spec} [{label}]", spec, other) for spec in runtimes
+                 if spec.partition(":")[0] in COMPARE_RUNTIMES]
+    for name, spec, model in plan:
         try:
-            runners[name] = RUNNERS[name](bench_model, threads)
+            runners[name] = make_runner(spec, model, threads)
         except RuntimeUnavailableError as exc:
             skipped[name] = str(exc)
         except Exception as exc:  # a runtime that cannot load this model is reported, not fatal
@@ -466,7 +516,7 @@ def bench_prepared(
         "sgemm": {"n": gemm_size, "flops": gemm.flops, "blas": gemm.info, "by_batch": peaks},
         "results": results,
         "skipped": skipped,
-        "notes": bench_model.notes,
+        "notes": notes,
     }
 
 
@@ -527,11 +577,12 @@ def format_report(report: dict) -> str:
         lines.append("")
         lines.append(f"batch {batch}: SGEMM peak {peak['p50_gflops']:.1f} GFLOP/s (median; best "
                      f"{peak['best_gflops']:.1f}; n={report['sgemm']['n']}{'; ' + kernel if kernel else ''})")
-        lines.append(f"  {'runtime':<12} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8} {'GFLOP/s':>8} "
+        width = max(12, *(len(r["runtime"]) for r in rows))
+        lines.append(f"  {'runtime':<{width}} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8} {'GFLOP/s':>8} "
                      f"{'of peak':>8} {'vs ' + base['runtime']:>15}  {'max rel diff':>12}")
         for r in rows:
             ratio = r["images_per_s"] / base["images_per_s"]
-            lines.append(f"  {r['runtime']:<12} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} "
+            lines.append(f"  {r['runtime']:<{width}} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} "
                          f"{r['images_per_s']:8.1f} {r['gflops']:8.1f} {r['share_of_peak']:8.0%} "
                          f"{ratio:14.2f}×  {r['max_rel_diff']:12.2g}")
     for name, why in report["skipped"].items():
