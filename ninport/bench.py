@@ -223,105 +223,49 @@ def _prepare_onnx(path: str, caffemodel) -> BenchModel:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Runtimes: each becomes a callable that runs one batch
+# Runtimes (from ninport.runtimes): each becomes a callable that runs one batch
 
 
 class Runner:
-    """One runtime, set up for the model; ``prepare(batch)`` before timing calls of ``run(x)``."""
+    """One runtime set up for the model; ``prepare(batch)`` before timing calls of ``run(x)``."""
 
-    name = ""
+    def __init__(self, name: str, runtime, input_name: str):
+        self.name = name
+        self.runtime = runtime
+        self.input_name = input_name
 
-    def prepare(self, batch: int) -> None:  # noqa: B027 - most runtimes need no per-batch work
-        pass
+    def prepare(self, batch: int) -> None:
+        self.runtime.prepare(batch)
 
     def run(self, x: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError
+        return list(self.runtime.run({self.input_name: x}).values())
 
 
-class OrtRunner(Runner):
-    name = "onnxruntime"
+def load_runner(name: str, model: BenchModel, threads: int, precision: str = "fp32") -> Runner:
+    """The runtime ``name`` of ``RUNTIMES`` loaded for ``model``: onnxruntime on the CPU, OpenVINO's CPU plugin in
+    float32 (or ``precision``), OpenCV on the Caffe files when there are some (else on the ONNX file), the torch
+    module."""
+    from ninport import runtimes
 
-    def __init__(self, model: BenchModel, threads: int):
-        from ninport.onnx.runtime import make_session
-
-        self.session = make_session(model.onnx_path, provider="cpu", threads=threads)
-        self.input_name = model.input_name
-
-    def run(self, x):
-        return self.session.session.run(None, {self.input_name: x})
-
-
-class OpenVinoRunner(Runner):
-    name = "openvino"
-
-    def __init__(self, model: BenchModel, threads: int, precision: str = "f32"):
-        try:
-            import openvino as ov
-        except ImportError:
-            raise RuntimeUnavailableError("openvino is not installed (pip install 'ninport[openvino]')") from None
-        self.core = ov.Core()
-        self.model = model
-        # precision: OpenVINO's inference precision hint (f32, or bf16 / f16 where the CPU computes in them).
-        self.config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
-                       "INFERENCE_PRECISION_HINT": precision}
-        self.request = None
-
-    def prepare(self, batch):
-        # One compiled model per batch size: a static shape lets OpenVINO pick its best kernels.
-        graph = self.core.read_model(self.model.onnx_path)
-        graph.reshape({self.model.input_name: [batch, *self.model.item_shape]})
-        self.request = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
-
-    def run(self, x):
-        result = self.request.infer({0: x})
-        return [np.asarray(v) for v in result.values()]
-
-
-class OpenCvRunner(Runner):
-    name = "opencv"
-
-    def __init__(self, model: BenchModel, threads: int):
-        try:
-            import cv2
-        except ImportError:
-            raise RuntimeUnavailableError("OpenCV is not installed (pip install opencv-python-headless)") from None
-        cv2.setNumThreads(threads)
+    if name == "onnxruntime":
+        runtime = runtimes.load("onnxruntime", model.onnx_path, provider="cpu", threads=threads)
+    elif name == "openvino":
+        runtime = runtimes.load("openvino", model.onnx_path, threads=threads, precision=precision)
+    elif name == "opencv":
         if model.prototxt and model.caffemodel:
-            self.net = cv2.dnn.readNetFromCaffe(model.prototxt, model.caffemodel)
-            self.source = "caffemodel"
+            runtime = runtimes.load("opencv-caffe", (model.prototxt, model.caffemodel), threads=threads)
         else:
-            self.net = cv2.dnn.readNetFromONNX(model.onnx_path)
-            self.source = "onnx"
-        self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        self.outputs = model.output_names
-
-    def run(self, x):
-        self.net.setInput(x)
-        return list(self.net.forward(self.outputs))
-
-
-class TorchRunner(Runner):
-    name = "torch"
-
-    def __init__(self, model: BenchModel, threads: int):
+            runtime = runtimes.load("opencv-onnx", model.onnx_path, threads=threads)
+    elif name == "torch":
         if model.module_factory is None:
             raise RuntimeUnavailableError(model.notes[-1] if model.notes else "no torch module for this model")
-        import torch
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.module = model.module_factory().eval()
-
-    def run(self, x):
-        with self.torch.inference_mode():
-            out = self.module(self.torch.from_numpy(x))
-        outs = out if isinstance(out, tuple) else (out,)
-        return [o.numpy() for o in outs]
+        runtime = runtimes.load("torch", model.module_factory, provider="cpu", threads=threads)
+    else:
+        raise NinportError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
+    return Runner(name, runtime, model.input_name)
 
 
-RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "opencv": OpenCvRunner, "torch": TorchRunner}
-OPENVINO_PRECISIONS = ("f32", "bf16", "f16")
+OPENVINO_PRECISIONS = ("fp32", "bf16", "fp16")
 # Runtimes that run a second ONNX model given with --compare (a quantized copy); OpenCV and torch do not.
 COMPARE_RUNTIMES = ("onnxruntime", "openvino")
 
@@ -330,7 +274,7 @@ def check_runtimes(runtimes: Sequence[str]) -> None:
     """Each entry is a runtime name, or ``openvino:PRECISION`` (its inference precision hint)."""
     for spec in runtimes:
         name, _, precision = spec.partition(":")
-        if name not in RUNNERS:
+        if name not in RUNTIMES:
             raise NinportError(f"unknown runtime(s) {[spec]}; choose from {', '.join(RUNTIMES)} "
                                f"(openvino:bf16 for a precision)")
         if precision and (name != "openvino" or precision not in OPENVINO_PRECISIONS):
@@ -338,10 +282,11 @@ def check_runtimes(runtimes: Sequence[str]) -> None:
 
 
 def make_runner(spec: str, model: BenchModel, threads: int) -> Runner:
+    """A runner for ``NAME`` or ``openvino:PRECISION``, reported under the spec as given."""
     name, _, precision = spec.partition(":")
-    if precision:
-        return OpenVinoRunner(model, threads, precision=precision)
-    return RUNNERS[name](model, threads)
+    runner = load_runner(name, model, threads, precision=precision or "fp32")
+    runner.name = spec
+    return runner
 
 
 def compare_model(model: BenchModel, path: str) -> BenchModel:

@@ -92,7 +92,7 @@ phase_option = click.option("--phase", type=click.Choice(["test", "train"], case
                             show_default=True, help="Caffe phase whose include/exclude rules apply.")
 caffe_proto_option = click.option("--caffe-proto", type=click.Path(), metavar="PATH",
                                   help="A Caffe fork's caffe.proto: read the files with the fork's schema.")
-provider_option = click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto",
+provider_option = click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto",
                                show_default=True, help="onnxruntime execution provider.")
 
 

@@ -159,19 +159,19 @@ def run_model(
     warn=lambda msg: print(msg, file=sys.stderr),
 ) -> dict:
     """Classify ``inputs`` with an ONNX model; returns the provider used and the top-k of each input."""
-    from ninport.onnx.runtime import make_session
+    from ninport import runtimes
 
     if not inputs:
         raise NinportError("no inputs given")
     if batch_size < 1 or top_k < 1:
         raise NinportError("--batch-size and --top-k must be positive")
     label_names = read_labels(labels)
-    session = make_session(model_path, provider=provider)
+    session = runtimes.load("onnxruntime", model_path, provider=provider, warn=warn)
     metadata = read_metadata(model_path)
-    first = session.session.get_inputs()[0]
-    shape = list(first.shape)
+    first = session.input_names[0]
+    shape = session.input_shapes[first]
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise NinportError(f"{model_path}: input {first.name!r} has shape {shape}; ninport run needs N,C,H,W")
+        raise NinportError(f"{model_path}: input {first!r} has shape {shape}; ninport run needs N,C,H,W")
     pre = make_preprocess(shape, metadata, mean_file, mean_values, scale, warn=warn)
     static_batch = shape[0] if isinstance(shape[0], int) else None
     results = []
@@ -190,7 +190,7 @@ def run_model(
         count = data.shape[0]
         if static_batch and count < static_batch:
             data = np.concatenate([data, np.zeros((static_batch - count, *shape[1:]), np.float32)])
-        (scores,) = session.run({first.name: data}, [output_name])
+        scores = session.run({first: data}, [output_name])[output_name]
         scores = scores.reshape(scores.shape[0], -1)[:count]
         probs = softmax_if_scores(scores)
         row = 0

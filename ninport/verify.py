@@ -33,7 +33,7 @@ INSTALL = {
     "opencv-onnx": "pip install 'ninport[opencv]'",
     "openvino": "pip install 'ninport[openvino]'",
     "onnxruntime": "pip install onnxruntime",
-    "onnxruntime-cuda": "pip install 'ninport[gpu]'",
+    "onnxruntime-cuda": "pip install ninport-gpu",
 }
 
 
@@ -346,111 +346,47 @@ def verification_copy(model, tensors: Sequence[str]):
 
 
 class _Runtime:
-    """One ONNX runtime: ``load`` a model file, then ``run`` feeds → the named tensors."""
+    """One runtime of ``ninport.runtimes`` for verify: ``load`` a model file, then ``run`` feeds → the named
+    tensors."""
 
-    name = ""
+    def __init__(self, name: str, kind: str, provider: str = "cpu"):
+        self.name, self.kind, self.provider = name, kind, provider
+        self.loaded = None
 
     def version(self) -> str:
-        raise NotImplementedError
+        return self.loaded.version()
 
     def load(self, path: str) -> None:
-        raise NotImplementedError
+        from ninport import runtimes
+
+        # An explicit provider: a GPU that cannot start is this runtime's failure, not a silent CPU run.
+        self.loaded = runtimes.load(self.kind, path, provider=self.provider)
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        return self.loaded.run(feeds, names)
 
 
-class _OnnxRuntime(_Runtime):
-    def __init__(self, provider: str):
-        self.provider = provider
-        self.name = "onnxruntime-cuda" if provider == "cuda" else "onnxruntime"
-
-    def version(self) -> str:
-        import onnxruntime
-
-        return f"onnxruntime {onnxruntime.__version__}, {self.provider.upper()}"
-
-    def load(self, path: str) -> None:
-        from ninport.onnx.runtime import make_session
-
-        self.session = make_session(path, provider=self.provider)
-
-    def run(self, feeds, names):
-        return dict(zip(names, self.session.run(feeds, names)))
-
-
-class _OpenVino(_Runtime):
-    name = "openvino"
-
-    def version(self) -> str:
-        import openvino
-
-        return f"OpenVINO {openvino.__version__.split('-')[0]}, CPU, f32"
-
-    def load(self, path: str) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        # The CPU plugin may compute in bf16/f16 on CPUs that have it; verification wants float32.
-        self.compiled = core.compile_model(core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-
-    def run(self, feeds, names):
-        result = self.compiled(feeds)
-        by_name = {}
-        for port in self.compiled.outputs:
-            for tensor_name in port.get_names():
-                by_name[tensor_name] = result[port]
-        return {n: np.asarray(by_name[n]) for n in names if n in by_name}
-
-
-class _OpenCvOnnx(_Runtime):
-    name = "opencv-onnx"
-
-    def version(self) -> str:
-        import cv2
-
-        return f"OpenCV {cv2.__version__} ONNX importer"
-
-    def load(self, path: str) -> None:
-        import cv2
-
-        self.net = cv2.dnn.readNetFromONNX(path)
-
-    def run(self, feeds, names):
-        for name, array in feeds.items():
-            self.net.setInput(np.ascontiguousarray(array), name)
-        return {n: np.asarray(v) for n, v in zip(names, self.net.forward(names))}
+_KINDS = {"onnxruntime": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"),
+          "openvino": ("openvino", "cpu"), "opencv-onnx": ("opencv-onnx", "cpu")}
 
 
 def _make_runtime(name: str) -> tuple[_Runtime | None, str]:
     """The runtime, or None and why it is unavailable (with the install command)."""
-    if name in ("onnxruntime", "onnxruntime-cuda"):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return None, f"onnxruntime is not installed; install it with {INSTALL[name]}"
-        if name == "onnxruntime":
-            return _OnnxRuntime("cpu"), ""
-        from ninport.onnx.runtime import CUDA, cuda_available
+    from ninport import runtimes
 
-        if CUDA not in ort.get_available_providers():
-            return None, f"onnxruntime has no CUDA execution provider; install it with {INSTALL[name]}"
-        if not cuda_available():
-            return None, "no CUDA device found"
-        return _OnnxRuntime("cuda"), ""
-    if name == "openvino":
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return None, f"OpenVINO is not installed; install it with {INSTALL[name]}"
-        return _OpenVino(), ""
-    if name == "opencv-onnx":
-        try:
-            import cv2  # noqa: F401
-        except ImportError:
-            return None, f"OpenCV is not installed; install it with {INSTALL[name]}"
-        return _OpenCvOnnx(), ""
-    raise NinportError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
+    if name not in _KINDS:
+        raise NinportError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
+    kind, provider = _KINDS[name]
+    missing = runtimes.availability(kind)
+    if missing:
+        return None, missing.split("; install it with")[0] + f"; install it with {INSTALL[name]}"
+    if provider != "cpu":
+        from ninport.runtimes.onnxruntime import gpu_problem
+
+        problem = gpu_problem(provider)
+        if problem:
+            return None, problem
+    return _Runtime(name, kind, provider), ""
 
 
 def parse_runtimes(runtimes: str | Sequence[str] | None) -> tuple[list[str], bool]:

@@ -97,7 +97,7 @@ def test_cuda_unavailable_is_clear(run_cli, tmp_path, small):
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 3, 8, 8), np.float32))
     result = run_cli(*["run", str(tmp_path / "m.onnx"), str(x), "--provider", "cuda"])
-    _assert_clean_failure(result, "cuda", "ninport[gpu]")
+    _assert_clean_failure(result, "cuda", "pip install ninport-gpu")
     result = run_cli(*["run", str(tmp_path / "m.onnx"), str(x), "--provider", "auto", "--json"])
     assert result.exit_code == 0
     import json

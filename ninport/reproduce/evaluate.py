@@ -28,7 +28,7 @@ REPORT_NAME = "evaluation"
 
 @dataclass
 class LoadedModel:
-    session: object  # ninport.onnx.runtime.Session
+    session: object  # a ninport.runtimes onnxruntime Runtime
     input_name: str
     input_shape: list  # N (int or a name), C, H, W
     output_name: str
@@ -96,7 +96,7 @@ class Evaluation:
 
 def load_model(paths: Sequence[str], provider: str = "auto") -> LoadedModel:
     """An onnxruntime session for an ``.onnx``/``.pt`` file or a prototxt + caffemodel pair."""
-    from ninport.onnx.runtime import make_session
+    from ninport import runtimes
 
     paths = [os.fspath(p) for p in paths]
     for p in paths:
@@ -105,7 +105,7 @@ def load_model(paths: Sequence[str], provider: str = "auto") -> LoadedModel:
     if len(paths) == 1 and paths[0].lower().endswith(".onnx"):
         from ninport.run import read_metadata
 
-        session = make_session(paths[0], provider=provider)
+        session = runtimes.load("onnxruntime", paths[0], provider=provider)
         metadata = read_metadata(paths[0])
         description, base_dir = paths[0], os.path.dirname(os.path.abspath(paths[0]))
     elif len(paths) == 1 and paths[0].lower().endswith(".pt"):
@@ -124,19 +124,19 @@ def load_model(paths: Sequence[str], provider: str = "auto") -> LoadedModel:
     else:
         raise NinportError("MODEL is one .onnx or .pt file, or a prototxt and a caffemodel; got "
                            + (" ".join(paths) or "nothing"))
-    first = session.session.get_inputs()[0]
-    shape = list(first.shape)
+    first = session.input_names[0]
+    shape = session.input_shapes[first]
     if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-        raise NinportError(f"{description}: input {first.name!r} has shape {shape}; evaluation needs N,C,H,W")
-    return LoadedModel(session=session, input_name=first.name, input_shape=shape, output_name=session.output_names[0],
+        raise NinportError(f"{description}: input {first!r} has shape {shape}; evaluation needs N,C,H,W")
+    return LoadedModel(session=session, input_name=first, input_shape=shape, output_name=session.output_names[0],
                        metadata=metadata, description=description, base_dir=base_dir)
 
 
 def _session_from_module(module, provider: str):
+    from ninport import runtimes
     from ninport.onnx.export import model_metadata, to_onnx_bytes
-    from ninport.onnx.runtime import make_session
 
-    return make_session(to_onnx_bytes(module), provider=provider), model_metadata(module)
+    return runtimes.load("onnxruntime", to_onnx_bytes(module), provider=provider), model_metadata(module)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def evaluate(
 def _run(model: LoadedModel, batch: np.ndarray, static_batch: int | None) -> np.ndarray:
     """Scores N×classes for one batch; a model with a fixed batch gets zero-padded chunks."""
     if static_batch is None:
-        (out,) = model.session.run({model.input_name: batch}, [model.output_name])
+        out = model.session.run({model.input_name: batch}, [model.output_name])[model.output_name]
         return out.reshape(out.shape[0], -1)
     pieces = []
     for i in range(0, batch.shape[0], static_batch):
@@ -340,7 +340,7 @@ def _run(model: LoadedModel, batch: np.ndarray, static_batch: int | None) -> np.
         count = chunk.shape[0]
         if count < static_batch:
             chunk = np.concatenate([chunk, np.zeros((static_batch - count, *chunk.shape[1:]), np.float32)])
-        (out,) = model.session.run({model.input_name: chunk}, [model.output_name])
+        out = model.session.run({model.input_name: chunk}, [model.output_name])[model.output_name]
         pieces.append(out.reshape(out.shape[0], -1)[:count])
     return np.concatenate(pieces)
 
