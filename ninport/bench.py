@@ -241,15 +241,16 @@ class Runner:
         return list(self.runtime.run({self.input_name: x}).values())
 
 
-def load_runner(name: str, model: BenchModel, threads: int) -> Runner:
+def load_runner(name: str, model: BenchModel, threads: int, precision: str = "fp32") -> Runner:
     """The runtime ``name`` of ``RUNTIMES`` loaded for ``model``: onnxruntime on the CPU, OpenVINO's CPU plugin in
-    float32, OpenCV on the Caffe files when there are some (else on the ONNX file), the torch module."""
+    float32 (or ``precision``), OpenCV on the Caffe files when there are some (else on the ONNX file), the torch
+    module."""
     from ninport import runtimes
 
     if name == "onnxruntime":
         runtime = runtimes.load("onnxruntime", model.onnx_path, provider="cpu", threads=threads)
     elif name == "openvino":
-        runtime = runtimes.load("openvino", model.onnx_path, threads=threads)
+        runtime = runtimes.load("openvino", model.onnx_path, threads=threads, precision=precision)
     elif name == "opencv":
         if model.prototxt and model.caffemodel:
             runtime = runtimes.load("opencv-caffe", (model.prototxt, model.caffemodel), threads=threads)
@@ -262,6 +263,40 @@ def load_runner(name: str, model: BenchModel, threads: int) -> Runner:
     else:
         raise NinportError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
     return Runner(name, runtime, model.input_name)
+
+
+OPENVINO_PRECISIONS = ("fp32", "bf16", "fp16")
+# Runtimes that run a second ONNX model given with --compare (a quantized copy); OpenCV and torch do not.
+COMPARE_RUNTIMES = ("onnxruntime", "openvino")
+
+
+def check_runtimes(runtimes: Sequence[str]) -> None:
+    """Each entry is a runtime name, or ``openvino:PRECISION`` (its inference precision hint)."""
+    for spec in runtimes:
+        name, _, precision = spec.partition(":")
+        if name not in RUNTIMES:
+            raise NinportError(f"unknown runtime(s) {[spec]}; choose from {', '.join(RUNTIMES)} "
+                               f"(openvino:bf16 for a precision)")
+        if precision and (name != "openvino" or precision not in OPENVINO_PRECISIONS):
+            raise NinportError(f"{spec!r}: only openvino takes a precision, one of {', '.join(OPENVINO_PRECISIONS)}")
+
+
+def make_runner(spec: str, model: BenchModel, threads: int) -> Runner:
+    """A runner for ``NAME`` or ``openvino:PRECISION``, reported under the spec as given."""
+    name, _, precision = spec.partition(":")
+    runner = load_runner(name, model, threads, precision=precision or "fp32")
+    runner.name = spec
+    return runner
+
+
+def compare_model(model: BenchModel, path: str) -> BenchModel:
+    """``model`` with its ONNX file swapped for ``path`` (same input, FLOPs counted on the original)."""
+    import dataclasses
+
+    if not os.path.exists(path):
+        raise NinportError(f"{path}: no such file")
+    return dataclasses.replace(model, onnx_path=os.fspath(path), prototxt=None, caffemodel=None,
+                               module_factory=None, notes=[])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -365,12 +400,18 @@ def run_bench(
     input_shape: str | None = None,
     settle: float = 0.1,
     progress: Callable[[str], None] | None = None,
+    compare: dict[str, str] | None = None,
 ) -> dict:
-    """Benchmark ``runtimes`` on one model; see the module docstring. Returns the report as a dict."""
+    """Benchmark ``runtimes`` on one model; see the module docstring. Returns the report as a dict.
+
+    ``compare``: label → another ONNX file of the same net (e.g. ``ninport quantize``'s INT8 copy), run by the
+    ONNX runtimes among ``runtimes`` in the same interleaved rounds, reported as ``runtime [label]``.
+    """
     threads = threads or os.cpu_count() or 1
-    unknown = [r for r in runtimes if r not in RUNTIMES]
-    if unknown:
-        raise NinportError(f"unknown runtime(s) {unknown}; choose from {', '.join(RUNTIMES)}")
+    check_runtimes(runtimes)
+    for label, path in (compare or {}).items():
+        if not os.path.exists(path):
+            raise NinportError(f"--compare {label}={path}: no such file")
     if not batches or any(b < 1 for b in batches):
         raise NinportError(f"batch sizes must be positive, got {list(batches)}")
     if repeat < 1:
@@ -378,7 +419,8 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="ninport-bench-") as workdir:
         bench_model = prepare_model(model, caffemodel, workdir, input_shape=input_shape)
         report = bench_prepared(bench_model, batches=batches, threads=threads, runtimes=runtimes, repeat=repeat,
-                                warmup=warmup, gemm_size=gemm_size, settle=settle, progress=progress)
+                                warmup=warmup, gemm_size=gemm_size, settle=settle, progress=progress,
+                                compare=compare)
     report["model"] = os.fspath(model)
     report["caffemodel"] = os.fspath(caffemodel) if caffemodel else None
     return report
@@ -394,15 +436,26 @@ def bench_prepared(
     gemm_size: int = DEFAULT_GEMM_SIZE,
     settle: float = 0.1,
     progress: Callable[[str], None] | None = None,
+    compare: dict[str, str] | None = None,
 ) -> dict:
     """``run_bench`` on a model already prepared (e.g. the files ``ninport convert`` wrote)."""
     threads = threads or os.cpu_count() or 1
+    check_runtimes(runtimes)
     say = progress or (lambda _msg: None)
     runners: dict[str, Runner] = {}
     skipped: dict[str, str] = {}
-    for name in runtimes:
+    plan = [(spec, spec, bench_model) for spec in runtimes]
+    notes = list(bench_model.notes)
+    if compare:
+        notes.append("max rel diff of a --compare model is on seeded N(0,1) inputs, which may lie outside an INT8 "
+                     "copy's calibrated ranges; `ninport quantize` reports agreement on calibrated inputs")
+    for label, path in (compare or {}).items():
+        other = compare_model(bench_model, path)
+        plan += [(f"{spec} [{label}]", spec, other) for spec in runtimes
+                 if spec.partition(":")[0] in COMPARE_RUNTIMES]
+    for name, spec, model in plan:
         try:
-            runners[name] = load_runner(name, bench_model, threads)
+            runners[name] = make_runner(spec, model, threads)
         except RuntimeUnavailableError as exc:
             skipped[name] = str(exc)
         except Exception as exc:  # a runtime that cannot load this model is reported, not fatal
@@ -426,7 +479,7 @@ def bench_prepared(
         "sgemm": {"n": gemm_size, "flops": gemm.flops, "blas": gemm.info, "by_batch": peaks},
         "results": results,
         "skipped": skipped,
-        "notes": bench_model.notes,
+        "notes": notes,
     }
 
 
@@ -494,12 +547,13 @@ def format_report(report: dict) -> str:
         lines.append("")
         lines.append(f"batch {batch}: SGEMM peak {peak['p50_gflops']:.1f} GFLOP/s (median; best "
                      f"{peak['best_gflops']:.1f}; n={report['sgemm']['n']}{'; ' + kernel if kernel else ''})")
-        lines.append(f"  {'runtime':<12} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8} {'GFLOP/s':>8} "
+        width = max(12, *(len(r["runtime"]) for r in rows))
+        lines.append(f"  {'runtime':<{width}} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8} {'GFLOP/s':>8} "
                      f"{'of peak':>8} {'vs ' + base['runtime']:>15}  {'rel diff vs ' + base['reference']:>24} "
                      f"{'floor':>8}")
         for r in rows:
             ratio = r["images_per_s"] / base["images_per_s"]
-            lines.append(f"  {r['runtime']:<12} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} "
+            lines.append(f"  {r['runtime']:<{width}} {r['p50_ms']:9.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} "
                          f"{r['images_per_s']:8.1f} {r['gflops']:8.1f} {r['share_of_peak']:8.0%} "
                          f"{ratio:14.2f}×  {r['max_rel_diff']:24.2g} "
                          + (f"{r['floor']:8.2g}" + ("" if r["parity_ok"] else " ✗") if r.get("floor") is not None

@@ -11,6 +11,12 @@
    other runtimes that are installed), batch 1 and 16, interleaved round by round with the machine's SGEMM
    peak (``ninport.bench``); prints latency, images/s, share of the peak and the ratios.
 
+4. With ``--vgg``: a VGG-16-shaped caffemodel (553 MB, ``tools/bench_load.py``'s net) converted, interleaved
+   with its floor: the import floor, reading the caffemodel and writing the .onnx and .pt bytes (``cat``
+   and ``dd``), and the parity check's forwards (torch and onnxruntime, batches 1 and 2, timed in one helper
+   process). Prints wall and peak RSS (the converter's process and its check helper, sampled from /proc)
+   as ratios to the floor and to the file size.
+
 The weights are seeded (the real ones cannot be downloaded here) and live in a temporary directory.
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import shutil
 import statistics
@@ -92,6 +99,109 @@ def show_graph(onnx_path: Path, workdir: Path) -> None:
     print(f"onnxruntime's optimized graph (level all): {dict(fused)}")
 
 
+# --------------------------------------------------------------------------------------------------------
+# A VGG-16-shaped model: wall and peak memory against the floor
+
+_FORWARDS = r"""
+import sys, time, json
+import numpy as np, onnxruntime as ort, torch
+from ninport.torch.build import load_pt
+module = load_pt(sys.argv[2])
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+seconds = 0.0
+for batch in (1, 2):
+    x = module.example_inputs(batch=batch, seed=batch)
+    start = time.perf_counter()
+    with torch.no_grad():
+        module(*x)
+    session.run(None, {module.input_names[0]: x[0].numpy()})
+    seconds += time.perf_counter() - start
+print(json.dumps({"seconds": seconds}))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            for child in f.read().split():
+                found += _children(int(child))
+    except OSError:
+        pass
+    return found
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def sampled(cmd: list[str]) -> tuple[float, int, int]:
+    """Run ``cmd``; return its wall seconds, its own peak RSS and the largest peak RSS of its children,
+    sampled every 10 ms from /proc (VmRSS; the process's own VmHWM is gone once it exits)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks: dict[int, int] = {}
+    while proc.poll() is None:
+        for pid in _children(proc.pid):
+            peaks[pid] = max(peaks.get(pid, 0), _rss(pid))
+        time.sleep(0.01)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().strip()}")
+    own = peaks.pop(proc.pid, 0)
+    return seconds, own, max(peaks.values(), default=0)
+
+
+def bench_vgg(workdir: Path, runs: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_load import vgg16_prototxt
+
+    from ninport.caffe.load import read_net
+    from ninport.caffe.seeded import write_seeded_caffemodel
+
+    prototxt = workdir / "vgg16.prototxt"
+    prototxt.write_text(vgg16_prototxt())
+    caffemodel = workdir / "vgg16.caffemodel"
+    write_seeded_caffemodel(read_net(prototxt), caffemodel, layout="v2", seed=0)
+    size = caffemodel.stat().st_size
+    out = workdir / "vgg16.onnx"
+    convert = [*ninport_cmd(), "convert", str(prototxt), str(caffemodel), "-o", str(out)]
+    sampled(convert)  # untimed: warm caches; also writes the files the floor's forwards use
+    pt = out.with_suffix(".pt")
+    bytes_cmd = ["sh", "-c", f"cat '{caffemodel}' > /dev/null && dd if=/dev/zero of='{workdir}/floor.bin' bs=4M "
+                             f"count={(out.stat().st_size + pt.stat().st_size) // (4 << 20)} conv=fsync "
+                             "status=none; rm -f '{workdir}/floor.bin'"]
+    forwards = [sys.executable, "-c", _FORWARDS, str(out), str(pt)]
+    walls: dict[str, list[float]] = {"convert": [], "imports": [], "bytes": [], "forwards": []}
+    own: list[int] = []
+    helper: list[int] = []
+    for _ in range(runs):
+        seconds, main_peak, child_peak = sampled(convert)
+        walls["convert"].append(seconds)
+        own.append(main_peak)
+        helper.append(child_peak)
+        walls["imports"].append(wall([sys.executable, "-c", FLOOR]))
+        walls["bytes"].append(wall(bytes_cmd))
+        proc = subprocess.run(forwards, capture_output=True, text=True, check=True)
+        walls["forwards"].append(json.loads(proc.stdout)["seconds"])
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    floor = med["imports"] + med["bytes"] + med["forwards"]
+    print(f"VGG-16-shaped caffemodel, {size / 1e6:.0f} MB; {runs} runs, medians:")
+    print(f"  floor: imports {med['imports']:.2f} s + read/write the bytes {med['bytes']:.2f} s + the check's "
+          f"forwards {med['forwards']:.2f} s = {floor:.2f} s")
+    print(f"  ninport convert  {med['convert']:.2f} s = {med['convert'] / floor:.2f}× the floor")
+    main_rss, helper_rss = statistics.median(own), statistics.median(helper)
+    print(f"  peak RSS: converter {main_rss / 1e6:.0f} MB = {main_rss / size:.2f}× the file; "
+          f"check helper {helper_rss / 1e6:.0f} MB = {helper_rss / size:.2f}×")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="interleaved conversion runs (default 5)")
@@ -100,7 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", default="1,16")
     parser.add_argument("--runtimes", default="onnxruntime,opencv,openvino,torch",
                         help="the first is the reference of the ratios")
+    parser.add_argument("--vgg", action="store_true",
+                        help="only the VGG-16-shaped conversion: wall and peak RSS against the floor")
     args = parser.parse_args(argv)
+    if args.vgg:
+        workdir = Path(tempfile.mkdtemp(prefix="ninport-bench-vgg-"))
+        try:
+            bench_vgg(workdir, args.runs)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
 
     from ninport.bench import BenchModel, bench_prepared, format_report
     from ninport.caffe.load import load_net

@@ -33,11 +33,15 @@ def _ints(text: str, what: str) -> list[int]:
 @click.option("--settle", type=float, default=0.1, show_default=True, metavar="SECONDS",
               help="Untimed pause after every call, so one runtime's idle threads still spinning (onnxruntime's "
                    "spin for ~65 ms after a run) cannot slow the next.")
+@click.option("--compare", "compare", multiple=True, metavar="LABEL=MODEL.onnx",
+              help="Another ONNX file of the same net (e.g. `ninport quantize`'s INT8 copy), run by onnxruntime "
+                   "and openvino in the same rounds; repeatable.")
 @input_shape_option
 @json_option
 @debug_option
 def bench(model: str, caffemodel: str | None, batches: str, threads: int | None, runtimes: str, repeat: int,
-          warmup: int, gemm_size: int, settle: float, input_shape: str | None, as_json: bool) -> None:
+          warmup: int, gemm_size: int, settle: float, compare: tuple[str, ...], input_shape: str | None,
+          as_json: bool) -> None:
     """Time inference runtimes side by side, against this machine's own SGEMM peak.
 
     MODEL is an ONNX file, or a prototxt followed by its CAFFEMODEL (exported to ONNX for onnxruntime and
@@ -49,15 +53,22 @@ def bench(model: str, caffemodel: str | None, batches: str, threads: int | None,
     Example:
       ninport bench train_val.prototxt nin_imagenet.caffemodel --batch 1,16 --threads 2
       ninport bench nin.onnx --runtimes onnxruntime,opencv --json
+      ninport bench nin.onnx --runtimes onnxruntime,openvino,openvino:bf16 --compare int8=nin_int8.onnx
     """
     from ninport.bench import format_report, run_bench
 
+    others: dict[str, str] = {}
+    for item in compare:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise click.BadParameter(f"{item!r} is not LABEL=MODEL.onnx", param_hint="--compare")
+        others[label] = path
     tty = sys.stderr.isatty() and not as_json
     report = run_bench(
         model, caffemodel, batches=_ints(batches, "--batch"), threads=threads,
         runtimes=[r.strip() for r in runtimes.split(",") if r.strip()], repeat=repeat, warmup=warmup,
         gemm_size=gemm_size, input_shape=input_shape, settle=settle,
-        progress=(lambda msg: click.echo(msg, err=True)) if tty else None,
+        progress=(lambda msg: click.echo(msg, err=True)) if tty else None, compare=others,
     )
     if as_json:
         click.echo(json.dumps(report))

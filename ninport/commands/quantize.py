@@ -42,8 +42,6 @@ def quantize(model: str, output: str, precision: str, calibrate: str | None, ima
     from ninport.onnx.quantize import format_result, result_json
     from ninport.onnx.quantize import quantize as run_quantize
 
-    if calibrate and images:
-        raise click.UsageError("give --calibrate or --images, not both")
     tty = sys.stderr.isatty() and not as_json
     result = run_quantize(model, output, precision=precision, calibrate=calibrate, images=images, count=count,
                           eval_count=eval_count, method=method, seed=seed,

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
+from onnx import helper
 
 from ninport import __version__
 from ninport.caffe.caffemodel import atomic_write_bytes
@@ -27,6 +29,10 @@ DEFAULT_OPSET = 17
 # Models whose weights pass this size are written with their tensors in a side file ("external data"): one
 # protobuf message cannot exceed 2 GB.
 EXTERNAL_DATA_BYTES = 1_800_000_000
+# Past this size the weights are not handed to the exporter: the graph is traced without them and the file is
+# written with the weights streamed from the module's memory (``write_streamed``). Below it the exporter folds
+# constants on the weights as usual (e.g. BatchNorm's statistics), which small nets keep.
+STREAMED_EXPORT_BYTES = 64_000_000
 
 
 @dataclass
@@ -163,11 +169,23 @@ def parameter_bytes(module) -> int:
 
 def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                   batch: int | None = None) -> onnx.ModelProto:
+    """The model with its weights as initializers (see ``export_graph``)."""
+    model, weights = export_graph(module, opset=opset, dynamic_batch=dynamic_batch, batch=batch,
+                                  weights_apart=False)
+    return model
+
+
+def export_graph(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, batch: int | None = None,
+                 weights_apart: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Trace ``module`` with the TorchScript-based exporter (fast and stable for these graphs).
 
     Every Caffe blob gets its own name in the graph (inputs, outputs and intermediate tensors), so a
     verification copy can expose any blob by name; the ``blob_aliases`` metadata maps blobs whose value is
     another blob's (an inference-time Dropout, a Split) to the tensor that holds it.
+
+    ``weights_apart``: trace without the weights (``export_params=False``) and return them beside the graph,
+    as numpy views of the module's parameters, for ``write_streamed``; the exporter then never holds a copy
+    of them (it would hold two: its protobuf and the serialized bytes). Otherwise the dict is empty.
     """
     module = module.eval()
     args = module.example_inputs(batch=batch)
@@ -177,10 +195,10 @@ def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
         fixed = set(getattr(module, "batchless_inputs", ()))
         dynamic_axes = {name: {0: "N"} for name in module.input_names + wrapper.blob_names if name not in fixed}
     # Past protobuf's 2 GB the exporter cannot hand back one message: it writes a file with external data.
-    large = parameter_bytes(module) > EXTERNAL_DATA_BYTES
+    large = parameter_bytes(module) > EXTERNAL_DATA_BYTES and not weights_apart
     scratch = tempfile.TemporaryDirectory(prefix="ninport-export-") if large else None
     target = os.path.join(scratch.name, "model.onnx") if large else io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _shape_inference_without_weights(weights_apart):
         warnings.simplefilter("ignore")
         with torch.no_grad():
             torch.onnx.export(
@@ -192,8 +210,8 @@ def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
                 do_constant_folding=True,
-                export_params=True,
-                keep_initializers_as_inputs=False,
+                export_params=not weights_apart,
+                keep_initializers_as_inputs=weights_apart,
                 dynamo=False,
             )
     if large:
@@ -201,16 +219,128 @@ def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
             model = onnx.load(target, load_external_data=True)
     else:
         model = onnx.load_from_string(target.getvalue())
+    weights: dict[str, np.ndarray] = {}
+    if weights_apart:
+        # The parameters came out as graph inputs named like the wrapper's state dict: take them off the
+        # inputs and keep their values (views of the parameters) to be written after the graph.
+        state = wrapper.state_dict()
+        inputs = [i for i in model.graph.input if i.name not in state]
+        weights = {i.name: state[i.name].detach().contiguous().numpy() for i in model.graph.input
+                   if i.name in state}
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
     # Initializers are named after the wrapper's attribute ("net.conv1.weight"); give them the state dict's names.
-    renames = {i.name: i.name[len("net.") :] for i in model.graph.initializer if i.name.startswith("net.")}
+    names = [i.name for i in model.graph.initializer] + list(weights)
+    renames = {name: name[len("net.") :] for name in names if name.startswith("net.")}
     for init in model.graph.initializer:
         init.name = renames.get(init.name, init.name)
+    weights = {renames.get(name, name): array for name, array in weights.items()}
     for node in model.graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
     aliases = _prune_to_outputs(model, module.output_names)
+    read = {name for node in model.graph.node for name in node.input}
+    weights = {name: array for name, array in weights.items() if name in read}
     if aliases:
         model.metadata_props.add(key="blob_aliases", value=json.dumps(aliases, sort_keys=True))
-    return model
+    return model, weights
+
+
+class _shape_inference_without_weights:
+    """While active, the TorchScript exporter's whole-graph ONNX shape inference gets no weight values.
+
+    That pass (``torch._C._jit_pass_onnx_graph_shape_type_inference``, torch/onnx/_internal/torchscript_exporter/
+    utils.py) turns every weight into an ONNX tensor to infer types it already knows from the traced graph: for
+    a VGG-16-sized net that is ~10 s and a transient copy of the weights. The weights are graph inputs with
+    their shapes when traced apart, so the inference loses nothing it needs; the exported graph is the same
+    (tests/test_quantize.py compares it with the regular export)."""
+
+    def __init__(self, active: bool):
+        self.active = active
+
+    def __enter__(self):
+        if self.active:
+            self._saved = torch._C._jit_pass_onnx_graph_shape_type_inference
+            saved = self._saved
+
+            def without_weights(graph, params_dict, opset):
+                return saved(graph, {}, opset)
+
+            torch._C._jit_pass_onnx_graph_shape_type_inference = without_weights
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            torch._C._jit_pass_onnx_graph_shape_type_inference = self._saved
+
+
+# Field numbers of onnx.proto, read from the schema itself: ModelProto.graph, GraphProto.initializer and
+# TensorProto.raw_data.
+_GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _length_field(number: int, length: int) -> bytes:
+    """The tag (wire type 2, length-delimited) and length prefix of a field of ``length`` bytes."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def write_streamed(path: str | os.PathLike, model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> int:
+    """Write ``model`` with ``weights`` as initializers to ``path`` (whole or not at all), streaming each
+    weight's bytes from its own memory: the file is never held in memory, nor are the weights copied.
+
+    Protocol buffers let a message's fields come in any order and repeated fields in several pieces, so the
+    file is the model's other fields, then the graph field: its length, the graph without these initializers,
+    then one ``initializer`` entry per weight, each a small TensorProto header followed by its ``raw_data``.
+    Returns the file's size.
+    """
+    if sys.byteorder != "little":  # raw_data is little-endian by the ONNX spec
+        raise NinportError("streamed ONNX writing needs a little-endian machine")
+    head = onnx.ModelProto()
+    head.CopyFrom(model)  # small: the big weights are not in this graph
+    head.ClearField("graph")
+    graph_bytes = model.graph.SerializeToString()
+    entries = []
+    graph_length = len(graph_bytes)
+    for name, array in weights.items():
+        array = np.ascontiguousarray(array)
+        if array.dtype.byteorder == ">":
+            array = array.astype(array.dtype.newbyteorder("<"))
+        header = onnx.TensorProto(name=name, dims=list(array.shape),
+                                  data_type=helper.np_dtype_to_tensor_dtype(array.dtype)).SerializeToString()
+        raw = _length_field(_RAW_DATA_FIELD, array.nbytes)
+        tensor_length = len(header) + len(raw) + array.nbytes
+        prefix = _length_field(_INITIALIZER_FIELD, tensor_length) + header + raw
+        entries.append((prefix, array))
+        graph_length += len(prefix) + array.nbytes
+    path = os.fspath(path)
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head.SerializeToString())
+            f.write(_length_field(_GRAPH_FIELD, graph_length))
+            f.write(graph_bytes)
+            for prefix, array in entries:
+                f.write(prefix)
+                f.write(memoryview(array.reshape(-1)).cast("B"))
+        size = os.path.getsize(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return size
 
 
 def export_onnx(
@@ -258,8 +388,9 @@ class PendingExport:
             elif reply["error"] == "ninport":
                 raise NinportError(reply["message"].replace(self.path, "the model"))  # as for in-memory bytes
         if parity is None:  # no helper, or the helper failed for reasons of its own: check here
-            _check_onnx(self.data)
-            parity = check_parity(self.module, self.data, self.batches, self.tolerance)
+            source = self.data or self.path  # a streamed export is checked from its file
+            _check_onnx(source)
+            parity = check_parity(self.module, source, self.batches, self.tolerance)
         return ExportResult(path=self.path, opset=self.opset, parity=parity, metadata=self.meta)
 
 
@@ -286,7 +417,10 @@ def start_export(
     path = os.fspath(path)
     declared = next(iter(module.input_shapes.values()))[0] if module.input_shapes else 1
     trace_batch = 1 if dynamic_batch else declared
-    model = to_onnx_model(module, opset=opset, dynamic_batch=dynamic_batch, batch=trace_batch)
+    size = parameter_bytes(module)
+    streamed = STREAMED_EXPORT_BYTES < size <= EXTERNAL_DATA_BYTES
+    model, weights = export_graph(module, opset=opset, dynamic_batch=dynamic_batch, batch=trace_batch,
+                                  weights_apart=streamed)
     meta = model_metadata(module, metadata)
     meta.update({p.key: p.value for p in model.metadata_props})
     del model.metadata_props[:]
@@ -297,8 +431,22 @@ def start_export(
     model.doc_string = f"Caffe net {module.net_name!r} converted by ninport {__version__}"
     if check_batches is None:
         check_batches = (1, 2) if dynamic_batch else (declared,)
-    if parameter_bytes(module) > EXTERNAL_DATA_BYTES:
+    if size > EXTERNAL_DATA_BYTES:
         return _finish_external(module, model, path, opset, meta, check_batches, tolerance, data_location)
+    if streamed:
+        write_streamed(path, model, weights)
+        del model, weights
+        data = b""  # the checks read the file
+        if worker is None:
+            try:
+                _check_onnx(path)
+                parity = check_parity(module, path, check_batches, tolerance)
+            except BaseException:
+                os.unlink(path)
+                raise
+            return PendingExport(module, path, data, opset, meta, check_batches, tolerance, parity=parity)
+        _start_worker_check(worker, module, path, check_batches)
+        return PendingExport(module, path, data, opset, meta, check_batches, tolerance, worker)
     data = model.SerializeToString()  # once: the checker, onnxruntime and the file all take these bytes
     if worker is None:
         # In-process, the checks come before the file is written, as export_onnx has always done.
@@ -307,12 +455,16 @@ def start_export(
         atomic_write_bytes(path, data)
         return PendingExport(module, path, data, opset, meta, check_batches, tolerance, parity=parity)
     atomic_write_bytes(path, data)
+    _start_worker_check(worker, module, path, check_batches)
+    return PendingExport(module, path, data, opset, meta, check_batches, tolerance, worker)
+
+
+def _start_worker_check(worker, module, path: str, check_batches) -> None:
     inputs = {}
     for index, batch in enumerate(check_batches):
         for name, tensor in zip(module.input_names, module.example_inputs(batch=batch, seed=batch)):
             inputs[f"{index}:{name}"] = tensor.numpy()
     worker.check(path, inputs, list(module.output_names), list(check_batches))
-    return PendingExport(module, path, data, opset, meta, check_batches, tolerance, worker)
 
 
 def external_data_name(onnx_path: str | os.PathLike) -> str:
@@ -346,7 +498,7 @@ def _finish_external(module, model, path: str, opset: int, meta, batches, tolera
     return PendingExport(module, path, b"", opset, meta, batches, tolerance, parity=parity)
 
 
-def _check_onnx(data: bytes) -> None:
+def _check_onnx(data: bytes | str) -> None:
     try:
         onnx.checker.check_model(data, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -399,7 +551,7 @@ def _compare_outputs(module, cases, got, tolerance: float) -> list[Parity]:
     return results
 
 
-def check_parity(module, onnx_bytes: bytes, batches, tolerance: float) -> list[Parity]:
+def check_parity(module, onnx_bytes: bytes | str, batches, tolerance: float) -> list[Parity]:
     """Run the ONNX model in onnxruntime (CPU) on seeded inputs and compare every output with torch."""
     from ninport.onnx.runtime import make_session
 

@@ -385,39 +385,31 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
     return copy.SerializeToString()
 
 
-def _run_ort(model_bytes: bytes, input_name: str, outputs: list[str], data: np.ndarray) -> list[np.ndarray]:
-    from ninport.onnx.runtime import make_session
+def _run(kind: str, model, input_name: str, outputs: list[str], data: np.ndarray,
+         precision: str = "fp32") -> list[np.ndarray]:
+    """``outputs`` of ``model`` (a path or bytes) on ``data`` in the runtime ``kind`` (``ninport.runtimes``),
+    batch by batch; a runtime compiled for a static batch gets the last batch zero-padded."""
+    from ninport import runtimes
 
-    session = make_session(model_bytes, provider="cpu").session
-    pieces: list[list[np.ndarray]] = [[] for _ in outputs]
-    for i in range(0, len(data), _BATCH):
-        for j, value in enumerate(session.run(outputs, {input_name: data[i: i + _BATCH]})):
-            pieces[j].append(np.asarray(value, dtype=np.float32))
-    return [np.concatenate(p) for p in pieces]
-
-
-def _run_openvino(model_path: str, input_name: str, outputs: list[str], data: np.ndarray,
-                  precision: str) -> list[np.ndarray]:
+    runtime = runtimes.load(kind, model, provider="cpu", precision=precision, warn=lambda _msg: None)
     try:
-        import openvino as ov
-    except ImportError:
-        raise RuntimeUnavailableError("openvino is not installed (pip install 'ninport[openvino]')") from None
-    core = ov.Core()
-    graph = core.read_model(model_path)
-    graph.reshape({input_name: [_BATCH, *data.shape[1:]]})
-    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1,
-                                                 "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
-    pieces: list[list[np.ndarray]] = [[] for _ in outputs]
-    for i in range(0, len(data), _BATCH):
-        chunk = data[i: i + _BATCH]
-        count = len(chunk)
-        if count < _BATCH:  # a static batch: pad the last chunk with zeros, drop the padding after
-            chunk = np.concatenate([chunk, np.zeros((_BATCH - count, *chunk.shape[1:]), np.float32)])
-        request.infer({input_name: chunk})
-        for j, name in enumerate(outputs):
-            pieces[j].append(np.array(request.get_tensor(name).data, dtype=np.float32)[:count])
+        runtime.prepare(_BATCH)
+        pieces: list[list[np.ndarray]] = [[] for _ in outputs]
+        for i in range(0, len(data), _BATCH):
+            chunk = data[i: i + _BATCH]
+            count = len(chunk)
+            if count < _BATCH:
+                chunk = np.concatenate([chunk, np.zeros((_BATCH - count, *chunk.shape[1:]), np.float32)])
+            result = runtime.run({input_name: chunk}, outputs)
+            for j, name in enumerate(outputs):
+                pieces[j].append(np.asarray(result[name], dtype=np.float32)[:count])
+    finally:
+        runtime.close()
     return [np.concatenate(p) for p in pieces]
+
+
+def _run_ort(model_bytes: bytes, input_name: str, outputs: list[str], data: np.ndarray) -> list[np.ndarray]:
+    return _run("onnxruntime", model_bytes, input_name, outputs, data)
 
 
 def compare_blob(name: str, reference: np.ndarray, other: np.ndarray) -> BlobDelta:
@@ -532,9 +524,9 @@ def quantize(
         agreements = [agreement("onnxruntime", ref, got, inputs.labels)]
         with open(target, "wb") as f:
             f.write(data)
-        openvino_precision = {"int8": "f32", "bf16": "bf16", "fp16": "f32"}[precision]
+        openvino_precision = {"int8": "fp32", "bf16": "bf16", "fp16": "fp32"}[precision]
         try:
-            ov_out = _run_openvino(target, input_name, outputs[:1], inputs.verification, openvino_precision)
+            ov_out = _run("openvino", target, input_name, outputs[:1], inputs.verification, openvino_precision)
             label = "openvino" + (" (bf16 compute)" if openvino_precision == "bf16" else "")
             agreements.append(agreement(label, ref, ov_out[0], inputs.labels))
         except RuntimeUnavailableError as exc:

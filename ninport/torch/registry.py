@@ -34,7 +34,13 @@ class LayerContext:
         yet (a module rebuilt before its state dict is loaded)."""
         expected = self.shapes.params[index]
         if self.layer.blobs:
-            return torch.from_numpy(np.array(self.layer.blobs[index], dtype=np.float32, copy=True))
+            array = self.layer.blobs[index]
+            # A writable, aligned float32 array (the wire reader's copy-on-write mapping of the caffemodel)
+            # becomes the parameter itself: no second copy of the weights. Anything else is copied.
+            if (isinstance(array, np.ndarray) and array.dtype == np.float32 and array.flags.writeable
+                    and array.flags.aligned and array.flags.c_contiguous):
+                return torch.from_numpy(array)
+            return torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
         return torch.zeros(expected, dtype=torch.float32)
 
     def unsupported(self, what: str) -> NetError:
