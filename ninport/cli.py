@@ -157,6 +157,9 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--static-batch", is_flag=True, help="Fix the batch size instead of a dynamic batch axis.")
 @click.option("--fp16", is_flag=True, help="Write float16 weights (float32 inputs and outputs).")
+@click.option("--dynamic-hw", is_flag=True,
+              help="Symbolic input height and width: one file for any image size (refused, naming the layer, "
+                   "when a layer pins the size).")
 @click.option("--verify", "run_verify", is_flag=True,
               help="Afterwards, compare every blob across torch, the ONNX file and OpenCV (see `ninport verify`).")
 @caffe_proto_option
@@ -164,8 +167,8 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 @debug_option
 @click.pass_context
 def convert(ctx: click.Context, prototxt: str, caffemodel: str, output: str | None, input_shape: str | None,
-            phase: str, opset: int, static_batch: bool, fp16: bool, run_verify: bool, caffe_proto: str | None,
-            as_json: bool) -> None:
+            phase: str, opset: int, static_batch: bool, fp16: bool, dynamic_hw: bool, run_verify: bool,
+            caffe_proto: str | None, as_json: bool) -> None:
     """Convert a Caffe model to ONNX (checked in onnxruntime) and to a PyTorch .pt file.
 
     \b
@@ -175,7 +178,7 @@ def convert(ctx: click.Context, prototxt: str, caffemodel: str, output: str | No
     from ninport.convert import convert as run_convert
 
     result = run_convert(prototxt, caffemodel, output, input_shape=input_shape, phase=phase.upper(), opset=opset,
-                         static_batch=static_batch, caffe_proto=caffe_proto, fp16=fp16)
+                         static_batch=static_batch, caffe_proto=caffe_proto, fp16=fp16, dynamic_hw=dynamic_hw)
     report = None
     if run_verify:
         from ninport.verify import verify as verify_net
@@ -197,7 +200,11 @@ def _print_convert(result, report) -> None:
     from ninport.inspect import format_trace
 
     inputs = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in result.inputs.items())
-    click.echo(f"input: {inputs} ({'dynamic' if result.dynamic_batch else 'static'} batch)")
+    hw = ", any height and width" if result.dynamic_hw else ""
+    click.echo(f"input: {inputs} ({'dynamic' if result.dynamic_batch else 'static'} batch{hw})")
+    for case in result.sizes_checked:
+        shapes = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in case["input"].items())
+        click.echo(f"checked at {shapes} against a net built for that size: relative {case['rel']:.3g}")
     click.echo(f"spatial trace: {format_trace(result.trace)}")
     click.echo(f"parameters: {result.params:,}   MACs: {result.macs:,}")
     for p in result.parity:

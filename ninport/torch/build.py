@@ -27,9 +27,12 @@ from ninport.torch.registry import preflight
 PT_FORMAT = "ninport.pt/1"
 
 
-def build_module(net: Net, shapes: NetShapes | None = None) -> CaffeNet:
-    """A ``CaffeNet`` for a normalized ``Net`` (weights copied from its blobs), in eval mode."""
-    module = CaffeNet(net, shapes or infer_shapes(net))
+def build_module(net: Net, shapes: NetShapes | None = None, dynamic_hw: bool = False) -> CaffeNet:
+    """A ``CaffeNet`` for a normalized ``Net`` (weights copied from its blobs), in eval mode.
+
+    ``dynamic_hw``: the module takes any input height and width (check the net first with
+    ``ninport.caffe.dynamic.check_dynamic_hw``)."""
+    module = CaffeNet(net, shapes or infer_shapes(net), dynamic_hw=dynamic_hw)
     return module.eval()
 
 
@@ -62,6 +65,7 @@ def save_pt(module: CaffeNet, path: str | os.PathLike) -> None:
         "caffe_blob_names": json.dumps(module.caffe_blob_names),
         "source": str(module.source),
         "weights_source": str(module.weights_source or ""),
+        "dynamic_hw": bool(getattr(module, "dynamic_hw", False)),
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -88,6 +92,6 @@ def load_pt(path: str | os.PathLike) -> CaffeNet:
         layer.caffe_tops = [caffe_names.get(t, t) for t in layer.tops]
     net.preprocess = json.loads(payload.get("preprocess", "{}"))
     net.weights_source = payload.get("weights_source") or None
-    module = build_module(net)
+    module = build_module(net, dynamic_hw=bool(payload.get("dynamic_hw", False)))
     module.load_state_dict(payload["state_dict"], strict=True)
     return module
