@@ -136,6 +136,8 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
         return
     inputs = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in report["inputs"].items())
     click.echo(f"net {report['name']!r} ({net.phase} phase), input {inputs}")
+    if net.dialects is not None:
+        click.echo(f"dialect: {net.dialects.describe()}")
     click.echo(format_table(report))
     click.echo(f"total: {report['total_params']:,} learnable parameters, {report['total_macs']:,} MACs")
     batch = next(iter(net.inputs.values()), (1,))[0] if net.inputs else 1

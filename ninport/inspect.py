@@ -57,6 +57,7 @@ def inspect_net(
         })
     return {
         "name": net.name,
+        "dialects": list(net.dialects.names) if net.dialects else [],
         "inputs": {name: list(shape) for name, shape in net.inputs.items()},
         "layers": layers,
         "total_params": int(shapes.params()),

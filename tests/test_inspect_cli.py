@@ -51,7 +51,8 @@ def test_json_report_of_nin(run_cli, nin_prototxt):
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)  # fails if anything else is printed
     assert result.stdout.count("\n") == 1
-    assert set(report) == {"name", "inputs", "layers", "total_params", "total_macs"}
+    assert set(report) == {"name", "dialects", "inputs", "layers", "total_params", "total_macs"}
+    assert report["dialects"] == []  # upstream Caffe
     assert report["name"] == "nin_imagenet"
     assert report["inputs"] == {"data": [1, 3, 224, 224]}
     for layer in report["layers"]:

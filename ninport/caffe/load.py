@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ninport.caffe import caffe_pb2
+from ninport.caffe import caffe_pb2, dialects
 from ninport.caffe.aliasing import share_in_place_writes
 from ninport.caffe.caffemodel import blob_is_legacy, blob_to_array
+from ninport.caffe.fork import ForkField
 from ninport.caffe.net import Net
 from ninport.caffe.prototxt import read_prototxt
 from ninport.caffe.shapes import NetShapes, infer_shapes
@@ -40,9 +41,18 @@ def read_net(
         message, blocks, fork_fields = read_fork_prototxt(source, caffe_proto)
     else:
         message, blocks = read_prototxt(source, caffe_pb2.NetParameter())
+    # The superset schema read the known forks' fields; map those with an upstream meaning onto it.
+    starts = {"layer": [b.line for b in blocks if b.keyword == "layer"],
+              "layers": [b.line for b in blocks if b.keyword == "layers"]}
+    lines = {(key, i): line for key, found in starts.items() for i, line in enumerate(found)}
+    rewrites = dialects.to_upstream_vocabulary(message, source, lines)
     net = normalize(message, blocks, source, phase=phase, level=level, stages=stages,
                     input_shape=input_shape, deploy=deploy)
-    net.fork_fields = fork_fields
+    net.fork_fields = fork_fields + [ForkField(path, "translated", note, layer, "Pooling", line)
+                                     for layer, path, note, line in rewrites]
+    net.dialects = dialects.recognise([(x.name, x.type, x.param) for x in net.layers],
+                                      [(layer, path) for layer, path, _, _ in rewrites])
+    dialects.check_refused([(x.name, x.type, x.param, net.where(x)) for x in net.layers])
     share_in_place_writes(net)  # Caffe's Split/Flatten/Reshape tops share memory with their bottom
     return net
 

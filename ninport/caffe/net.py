@@ -57,6 +57,8 @@ class Net:
     preprocess: dict = field(default_factory=dict)
     # Fields of a fork's schema (--caffe-proto) that ninport had to interpret, for reports and plugins.
     fork_fields: list = field(default_factory=list)
+    # The Caffe fork dialect(s) the file was written in (ninport.caffe.dialects.DialectReport), when read.
+    dialects: object | None = None
 
     def where(self, layer: Layer) -> str:
         return f"{self.source}:{layer.line}" if layer.line else self.source

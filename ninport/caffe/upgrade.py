@@ -41,6 +41,7 @@ V1_TO_V2_TYPE = {
     "IMAGE_DATA": "ImageData",
     "INFOGAIN_LOSS": "InfogainLoss",
     "INNER_PRODUCT": "InnerProduct",
+    "INTERP": "Interp",  # DeepLab v1 (its caffe.proto: INTERP = 41; in the superset schema)
     "LRN": "LRN",
     "MEMORY_DATA": "MemoryData",
     "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
