@@ -163,10 +163,7 @@ class Refusal:
 
 
 # forklayers: remove a row once the converter honours it.
-REFUSED: list[Refusal] = [
-    Refusal("Dropout", "dropout_param.scale_train", False,
-            "the fork scales by 1 - dropout_ratio at test time; ninport's Dropout does not yet"),
-]
+REFUSED: list[Refusal] = []
 
 
 def _ceil_mode(param: caffe_pb2.PoolingParameter, where: str) -> str | None:
