@@ -37,6 +37,7 @@ layer { name: "back" type: "Reshape" bottom: "flat" top: "back"
   reshape_param { shape { dim: 0 dim: 2 dim: 2 dim: -1 } axis: 0 num_axes: 2 } }
 layer { name: "up" type: "Deconvolution" bottom: "pool2" top: "up"
   convolution_param { num_output: 2 kernel_size: 8 stride: 4 bias_term: false } }
+layer { name: "zoom" type: "Interp" bottom: "pool2" top: "zoom" interp_param { zoom_factor: 3 pad_beg: -1 } }
 layer { name: "crop" type: "Crop" bottom: "up" bottom: "data" top: "score" crop_param { axis: 2 offset: 3 } }
 '''
 SIZES = [(20, 22), (33, 17), (48, 40)]
@@ -89,7 +90,9 @@ def test_the_pt_file_keeps_any_size(converted):
     module = load_pt(result.pt_path)
     x = torch.randn(2, 3, 31, 29)
     with torch.no_grad():
-        assert module.forward_blobs(x)["score"].shape == (2, 2, 31, 29)
+        blobs = module.forward_blobs(x)
+    assert blobs["score"].shape == (2, 2, 31, 29)
+    assert tuple(blobs["zoom"].shape[2:]) == tuple((d - 2) * 3 + 1 for d in blobs["pool2"].shape[2:])
 
 
 def _write(tmp_path, text: str):

@@ -18,6 +18,7 @@ FORK_OF: dict[str, str] = {
     "DepthwiseConvolution": "yonghenglh6/DepthwiseConvolution",
     "Axpy": "SENet ports (hujie-frank/SENet, axpy_layer.cpp)",
     "ShuffleChannel": "farmingyard/ShuffleNet (shuffle_channel_layer.cpp)",
+    "Interp": "hszhao/PSPNet and DeepLab v2 (interp_layer.cpp; V1 enum INTERP in DeepLab v1)",
 }
 
 
@@ -85,3 +86,40 @@ def _shuffle_channel(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
         raise ShapeError(f"layer {layer.name!r}: ShuffleChannel group {group} does not divide {list(shape)}")
     return LayerShapes([shape])
 
+
+
+def interp_size(layer: Layer, height: int, width: int) -> tuple[int, int, int, int]:
+    """(H_eff, W_eff, H_out, W_out) of an Interp layer for an input of height × width, as hszhao/PSPNet's
+    src/caffe/layers/interp_layer.cpp Reshape computes them (DeepLab v2's is the same): the input is first
+    cropped by -pad_beg / -pad_end (both must be <= 0), then shrunk, zoomed, or set to height/width."""
+    p = fork_param(layer, "interp_param")
+    if p.pad_beg > 0 or p.pad_end > 0:
+        raise ShapeError(f"layer {layer.name!r}: Interp only crops (pad_beg and pad_end <= 0), as the fork does")
+    h_eff, w_eff = height + p.pad_beg + p.pad_end, width + p.pad_beg + p.pad_end
+    shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
+    if (shrink and p.shrink_factor < 1) or (zoom and p.zoom_factor < 1):
+        raise ShapeError(f"layer {layer.name!r}: Interp shrink_factor and zoom_factor must be >= 1")
+    if shrink and not zoom:
+        h_out, w_out = (h_eff - 1) // p.shrink_factor + 1, (w_eff - 1) // p.shrink_factor + 1
+    elif zoom and not shrink:
+        h_out, w_out = h_eff + (h_eff - 1) * (p.zoom_factor - 1), w_eff + (w_eff - 1) * (p.zoom_factor - 1)
+    elif p.HasField("height") and p.HasField("width"):
+        h_out, w_out = p.height, p.width
+    elif shrink and zoom:
+        h_out, w_out = (h_eff - 1) // p.shrink_factor + 1, (w_eff - 1) // p.shrink_factor + 1
+        h_out, w_out = h_out + (h_out - 1) * (p.zoom_factor - 1), w_out + (w_out - 1) * (p.zoom_factor - 1)
+    else:
+        raise ShapeError(f"layer {layer.name!r}: Interp needs zoom_factor, shrink_factor or height and width")
+    if min(h_eff, w_eff, h_out, w_out) <= 0:
+        raise ShapeError(f"layer {layer.name!r}: Interp sizes must be positive (input {height}×{width}, "
+                         f"cropped {h_eff}×{w_eff}, output {h_out}×{w_out})")
+    return h_eff, w_eff, h_out, w_out
+
+
+@rule("Interp")
+def _interp(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    shape = bottoms[0]
+    if len(shape) != 4:
+        raise ShapeError(f"layer {layer.name!r}: Interp needs a 4-D bottom, got {list(shape)}")
+    _, _, h_out, w_out = interp_size(layer, shape[2], shape[3])
+    return LayerShapes([(shape[0], shape[1], h_out, w_out)])
