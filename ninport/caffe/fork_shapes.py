@@ -18,6 +18,9 @@ FORK_OF: dict[str, str] = {
     "DepthwiseConvolution": "yonghenglh6/DepthwiseConvolution",
     "Axpy": "SENet ports (hujie-frank/SENet, axpy_layer.cpp)",
     "ShuffleChannel": "farmingyard/ShuffleNet (shuffle_channel_layer.cpp)",
+    "BN": "alexgkendall/caffe-segnet, TimoSaemann/caffe-enet (scale, shift, bn_mode) and hszhao/PSPNet "
+          "(slope, bias, mean, variance, eps); bn_layer.cpp of each",
+    "Upsample": "alexgkendall/caffe-segnet (unpooling by the mask) and YOLO ports (nearest, scale)",
     "Interp": "hszhao/PSPNet and DeepLab v2 (interp_layer.cpp; V1 enum INTERP in DeepLab v1)",
 }
 
@@ -123,3 +126,74 @@ def _interp(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
         raise ShapeError(f"layer {layer.name!r}: Interp needs a 4-D bottom, got {list(shape)}")
     _, _, h_out, w_out = interp_size(layer, shape[2], shape[3])
     return LayerShapes([(shape[0], shape[1], h_out, w_out)])
+
+
+# The BN dialects: SegNet and ENet (2 blobs: scale, shift, and bn_mode) or PSPNet/DeepLab (4 blobs: slope,
+# bias, mean, variance, and eps); see ninport.caffe.dialects.CLASHES for the fields that tell them apart.
+SEGNET_BN_FIELDS = ("bn_mode", "scale_filler", "shift_filler")
+PSPNET_BN_FIELDS = ("slope_filler", "bias_filler", "momentum", "frozen", "eps", "engine")
+
+
+def bn_dialect(layer: Layer) -> str:
+    """``"segnet"`` or ``"pspnet"`` for one BN layer: by the bn_param fields it sets, else by its number of
+    ``param`` specs (PSPNet's files give 4, one per blob), else SegNet/ENet (the dialects table's default)."""
+    if "bn_param" not in layer.param.DESCRIPTOR.fields_by_name:
+        raise ShapeError(f"layer {layer.name!r} (BN): this schema has no bn_param")
+    p = layer.param.bn_param
+    segnet = any(p.HasField(f) for f in SEGNET_BN_FIELDS)
+    pspnet = any(p.HasField(f) for f in PSPNET_BN_FIELDS)
+    if segnet and pspnet:
+        raise ShapeError(f"layer {layer.name!r} (BN) mixes SegNet/ENet and PSPNet bn_param fields")
+    if pspnet or (not segnet and len(layer.param.param) == 4):
+        return "pspnet"
+    return "segnet"
+
+
+@rule("BN")
+def _bn(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    shape = bottoms[0]
+    if len(shape) != 4:
+        raise ShapeError(f"layer {layer.name!r}: BN needs a 4-D bottom, got {list(shape)}")
+    per_channel = (1, shape[1], 1, 1)
+    # alexgkendall/caffe-segnet bn_layer.cpp: scale, shift (1×C×1×1); hszhao/PSPNet bn_layer.cpp: slope, bias,
+    # mean, variance (1×C×1×1). SegNet's optional tops 2 and 3 (batch mean and variance) are 1×C×1×1.
+    count = 4 if bn_dialect(layer) == "pspnet" else 2
+    tops = [shape] + [per_channel] * (len(layer.tops) - 1)
+    return LayerShapes(tops, [per_channel] * count, _count(shape))
+
+
+def upsample_kind(layer: Layer, bottoms: int) -> str:
+    """``"unpool"`` (SegNet/ENet: a second bottom, the pooling mask) or ``"nearest"`` (YOLO ports)."""
+    return "unpool" if bottoms == 2 else "nearest"
+
+
+def upsample_size(layer: Layer, height: int, width: int) -> tuple[int, int]:
+    p = fork_param(layer, "upsample_param")
+    if upsample_kind(layer, len(layer.bottoms)) == "nearest":
+        # YOLO ports (e.g. eric612/Caffe-YOLOv3-Windows upsample_layer.cpp): each pixel repeated scale×scale;
+        # their schema's scale defaults to 1.
+        scale = p.scale if p.HasField("scale") else 1
+        if scale < 1:
+            raise ShapeError(f"layer {layer.name!r}: Upsample scale must be >= 1")
+        return height * scale, width * scale
+    # alexgkendall/caffe-segnet upsample_layer.cpp: upsample_h/_w when given, else H × scale_h - pad_out_h.
+    if p.HasField("upsample_h") and p.HasField("upsample_w"):
+        return p.upsample_h, p.upsample_w
+    scale_h, scale_w = (p.scale_h, p.scale_w) if p.HasField("scale_h") else (p.scale, p.scale)
+    if scale_h < 2 or scale_w < 2:
+        raise ShapeError(f"layer {layer.name!r}: SegNet's Upsample needs a scale > 1")
+    return height * scale_h - int(p.pad_out_h), width * scale_w - int(p.pad_out_w)
+
+
+@rule("Upsample")
+def _upsample(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    shape = bottoms[0]
+    if len(shape) != 4 or len(bottoms) > 2:
+        raise ShapeError(f"layer {layer.name!r}: Upsample needs a 4-D bottom (and the pooling mask), "
+                         f"got {[list(b) for b in bottoms]}")
+    if len(bottoms) == 2 and tuple(bottoms[1]) != tuple(shape):
+        raise ShapeError(f"layer {layer.name!r}: the mask {list(bottoms[1])} must have the shape of {list(shape)}")
+    h, w = upsample_size(layer, shape[2], shape[3])
+    if h <= 0 or w <= 0:
+        raise ShapeError(f"layer {layer.name!r}: Upsample output {h}×{w} is not positive")
+    return LayerShapes([(shape[0], shape[1], h, w)])

@@ -1,5 +1,6 @@
-"""Resizing layers of the segmentation forks: Interp (hszhao/PSPNet, DeepLab), bilinear with aligned corners
-after an optional crop; its output size is computed at run time, so it takes any input size."""
+"""Resizing layers of the forks: Interp (hszhao/PSPNet, DeepLab), bilinear with aligned corners after an
+optional crop, and Upsample (SegNet/ENet unpooling by the pooling mask, YOLO ports' nearest). Output sizes are
+computed at run time, so they take any input size."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ninport.caffe.fork_shapes import FORK_OF, fork_param
+from ninport.caffe.fork_shapes import FORK_OF, fork_param, upsample_kind
 from ninport.torch.registry import LayerContext, register_layer
 
 
@@ -49,3 +50,46 @@ def interp(ctx: LayerContext) -> nn.Module:
     mode = ("shrink" if shrink and not zoom else "zoom" if zoom and not shrink
             else "size" if p.HasField("height") and p.HasField("width") else "both")
     return Interp(-p.pad_beg, -p.pad_end, mode, p.shrink_factor, p.zoom_factor, tuple(ctx.top_shapes[0][2:]))
+
+
+class Unpool(nn.Module):
+    """SegNet/ENet's Upsample (alexgkendall/caffe-segnet upsample_layer.cpp): a zero top of the output size,
+    each bottom value written at the flat index (h * W_out + w) its pooling mask gives, plane by plane."""
+
+    def __init__(self, scale: tuple[int, int], pad_out: tuple[int, int], size: tuple[int, int] | None):
+        super().__init__()
+        self.scale, self.pad_out, self.size = scale, pad_out, size
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.size is not None:
+            h, w = self.size
+        else:
+            h = x.shape[2] * self.scale[0] - self.pad_out[0]
+            w = x.shape[3] * self.scale[1] - self.pad_out[1]
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        index = mask.reshape(x.shape[0], x.shape[1], -1).to(torch.int64)
+        top = torch.zeros(x.shape[0], x.shape[1], h * w, dtype=x.dtype)
+        return top.scatter(2, index, flat).reshape(x.shape[0], x.shape[1], h, w)
+
+
+class NearestUpsample(nn.Module):
+    """YOLO ports' Upsample: top[h][w] = bottom[h / scale][w / scale]."""
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=float(self.scale), mode="nearest")
+
+
+@register_layer("Upsample", notes=f"with the pooling mask as second bottom (upsample_h/_w, scale, scale_h/_w, "
+                                  f"pad_out_h/_w), or nearest by scale; fork: {FORK_OF['Upsample']}")
+def upsample(ctx: LayerContext) -> nn.Module:
+    p = fork_param(ctx.layer, "upsample_param")
+    if upsample_kind(ctx.layer, len(ctx.layer.bottoms)) == "nearest":
+        return NearestUpsample(p.scale if p.HasField("scale") else 1)
+    if p.HasField("upsample_h") and p.HasField("upsample_w"):
+        return Unpool((0, 0), (0, 0), (p.upsample_h, p.upsample_w))
+    scale = (p.scale_h, p.scale_w) if p.HasField("scale_h") else (p.scale, p.scale)
+    return Unpool(scale, (int(p.pad_out_h), int(p.pad_out_w)), None)

@@ -137,6 +137,21 @@ class AnySizePool2d(nn.Module):
         return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil_mode, count_include_pad=True)
 
 
+class MaxPoolWithMask(nn.Module):
+    """MAX pooling with Caffe's second top, the mask (pooling_layer.cpp, Forward_cpu): for every output, the
+    flat index h * W + w in its input plane of the first maximum in row-major window order, as a float.
+    PyTorch's indices are the same numbers (the first maximum wins there too); any input size."""
+
+    def __init__(self, kernel, stride, pad, ceil_mode: bool):
+        super().__init__()
+        self.kernel, self.stride, self.pad, self.ceil_mode = tuple(kernel), tuple(stride), tuple(pad), ceil_mode
+
+    def forward(self, x: torch.Tensor):
+        values, indices = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil_mode,
+                                       return_indices=True)
+        return values, indices.to(x.dtype)
+
+
 def _any_size_pooling(ctx: LayerContext, p, kernel, stride, pad) -> nn.Module:
     if p.pool == STOCHASTIC:
         raise ctx.unsupported("STOCHASTIC pooling with --dynamic-hw")
@@ -148,14 +163,19 @@ def _any_size_pooling(ctx: LayerContext, p, kernel, stride, pad) -> nn.Module:
 
 @register_layer(
     "Pooling",
-    notes="MAX, AVE, STOCHASTIC (test-time weighted mean, input >= 0), global, round_mode, _h/_w; 2-D; no mask top",
+    notes="MAX, AVE, STOCHASTIC (test-time weighted mean, input >= 0), global, round_mode, _h/_w; 2-D; "
+          "MAX's mask top (for SegNet's Upsample)",
 )
 def pooling(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.pooling_param
-    if len(ctx.layer.tops) > 1:
-        raise ctx.unsupported("a second top (the MAX pooling mask)")
     shape = ctx.bottom_shapes[0]
     kernel, stride, pad, out = pooling_geometry(p, ctx.layer, shape)
+    if len(ctx.layer.tops) > 1:
+        if p.pool != MAX or len(ctx.layer.tops) > 2:
+            raise ctx.unsupported("a second top other than MAX pooling's mask")
+        if any(pd > k // 2 for pd, k in zip(pad, kernel)) or p.global_pooling:
+            raise ctx.unsupported(f"a mask top with pad {pad} over half the kernel {kernel} or global pooling")
+        return MaxPoolWithMask(kernel, stride, pad, p.round_mode != caffe_pb2.PoolingParameter.FLOOR)
     if ctx.dynamic_hw:
         return _any_size_pooling(ctx, p, kernel, stride, pad)
     for size, st, pd, o in zip(shape[2:], stride, pad, out):
