@@ -21,6 +21,8 @@ FORK_OF: dict[str, str] = {
     "BN": "alexgkendall/caffe-segnet, TimoSaemann/caffe-enet (scale, shift, bn_mode) and hszhao/PSPNet "
           "(slope, bias, mean, variance, eps); bn_layer.cpp of each",
     "Upsample": "alexgkendall/caffe-segnet (unpooling by the mask) and YOLO ports (nearest, scale)",
+    "ROIPooling": "rbgirshick/caffe-fast-rcnn (roi_pooling_layer.cpp)",
+    "PSROIPooling": "daijifeng001/caffe-rfcn (psroi_pooling_layer.cpp)",
     "Interp": "hszhao/PSPNet and DeepLab v2 (interp_layer.cpp; V1 enum INTERP in DeepLab v1)",
 }
 
@@ -197,3 +199,37 @@ def _upsample(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     if h <= 0 or w <= 0:
         raise ShapeError(f"layer {layer.name!r}: Upsample output {h}×{w} is not positive")
     return LayerShapes([(shape[0], shape[1], h, w)])
+
+
+def _rois(layer: Layer, rois: Shape) -> int:
+    """The number of ROIs in a ``[batch_index, x1, y1, x2, y2]`` bottom (R×5 or R×5×1×1)."""
+    if len(rois) < 2 or _count(rois[1:]) != 5:
+        raise ShapeError(f"layer {layer.name!r}: the ROI bottom must be R×5 (batch index, x1, y1, x2, y2), "
+                         f"got {list(rois)}")
+    return rois[0]
+
+
+@rule("ROIPooling")
+def _roi_pooling(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    # rbgirshick/caffe-fast-rcnn roi_pooling_layer.cpp: top R × C × pooled_h × pooled_w.
+    if len(bottoms) != 2 or len(bottoms[0]) != 4:
+        raise ShapeError(f"layer {layer.name!r}: ROIPooling takes a 4-D feature map and the ROIs")
+    p = fork_param(layer, "roi_pooling_param")
+    if p.pooled_h <= 0 or p.pooled_w <= 0:
+        raise ShapeError(f"layer {layer.name!r}: ROIPooling needs pooled_h and pooled_w > 0")
+    return LayerShapes([(_rois(layer, bottoms[1]), bottoms[0][1], p.pooled_h, p.pooled_w)])
+
+
+@rule("PSROIPooling")
+def _psroi_pooling(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    # daijifeng001/caffe-rfcn psroi_pooling_layer.cpp: channels = output_dim × group_size²; top R × output_dim ×
+    # group_size × group_size.
+    if len(bottoms) != 2 or len(bottoms[0]) != 4:
+        raise ShapeError(f"layer {layer.name!r}: PSROIPooling takes a 4-D score map and the ROIs")
+    p = fork_param(layer, "psroi_pooling_param")
+    if p.output_dim <= 0 or p.group_size <= 0:
+        raise ShapeError(f"layer {layer.name!r}: PSROIPooling needs output_dim and group_size > 0")
+    if bottoms[0][1] != p.output_dim * p.group_size ** 2:
+        raise ShapeError(f"layer {layer.name!r}: {bottoms[0][1]} channels, but output_dim {p.output_dim} × "
+                         f"group_size² {p.group_size ** 2} = {p.output_dim * p.group_size ** 2}")
+    return LayerShapes([(_rois(layer, bottoms[1]), p.output_dim, p.group_size, p.group_size)])
