@@ -45,14 +45,14 @@ SIZES = [(20, 22), (33, 17), (48, 40)]
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    import ninport
+    from ninport.convert import convert
 
     folder = tmp_path_factory.mktemp("dynamic_hw")
     proto = folder / "fcn.prototxt"
     proto.write_text(FCN)
     model = folder / "fcn.caffemodel"
     write_seeded_caffemodel(read_net(proto), model, layout="v2", seed=3)
-    result = ninport.convert(proto, model, folder / "fcn.onnx", dynamic_hw=True)
+    result = convert(proto, model, folder / "fcn.onnx", dynamic_hw=True)
     return proto, model, result
 
 

@@ -86,7 +86,9 @@ def test_an_input_only_a_loss_reads_is_dropped(tmp_path):
     proto, model = write_net(tmp_path, text, [("c", "Convolution", _conv_weights(6))])
     net, _ = load_net(proto, model)
     assert list(net.inputs) == ["data"] and net.outputs == ["out"]
-    result = ninport.convert(proto, model, tmp_path / "srcnn.onnx")
+    from ninport.convert import convert
+
+    result = convert(proto, model, tmp_path / "srcnn.onnx")
     assert list(result.inputs) == ["data"]
     graph = onnx.load(str(tmp_path / "srcnn.onnx")).graph
     assert [i.name for i in graph.input] == ["data"]

@@ -7,6 +7,8 @@ without them gives one clear line instead of an AttributeError.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ninport.caffe.net import Layer
 from ninport.caffe.shapes import LayerShapes, Shape, _conv_common, _count, conv_geometry, rule
 from ninport.errors import ShapeError
@@ -23,6 +25,9 @@ FORK_OF: dict[str, str] = {
     "Upsample": "alexgkendall/caffe-segnet (unpooling by the mask) and YOLO ports (nearest, scale)",
     "ROIPooling": "rbgirshick/caffe-fast-rcnn (roi_pooling_layer.cpp)",
     "PSROIPooling": "daijifeng001/caffe-rfcn (psroi_pooling_layer.cpp)",
+    "Python": "rbgirshick/py-faster-rcnn lib/rpn/proposal_layer.py (module rpn.proposal_layer, layer "
+              "ProposalLayer) only; other Python layers need a plugin",
+    "Proposal": "OpenCV's name for py-faster-rcnn's proposal layer (proposal_param)",
     "Interp": "hszhao/PSPNet and DeepLab v2 (interp_layer.cpp; V1 enum INTERP in DeepLab v1)",
 }
 
@@ -233,3 +238,67 @@ def _psroi_pooling(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
         raise ShapeError(f"layer {layer.name!r}: {bottoms[0][1]} channels, but output_dim {p.output_dim} × "
                          f"group_size² {p.group_size ** 2} = {p.output_dim * p.group_size ** 2}")
     return LayerShapes([(_rois(layer, bottoms[1]), p.output_dim, p.group_size, p.group_size)])
+
+
+# py-faster-rcnn's region proposal layer, behind ``type: "Python"`` (rbgirshick/py-faster-rcnn
+# lib/rpn/proposal_layer.py), and OpenCV's own ``Proposal`` type with ``proposal_param`` (same algorithm).
+PROPOSAL_MODULES = {("rpn.proposal_layer", "ProposalLayer")}
+
+
+@dataclass
+class ProposalConfig:
+    """The proposal layer's settings at TEST: py-faster-rcnn's cfg.TEST defaults (lib/fast_rcnn/config.py:
+    RPN_PRE_NMS_TOP_N 6000, RPN_POST_NMS_TOP_N 300, RPN_NMS_THRESH 0.7, RPN_MIN_SIZE 16) and its anchors
+    (generate_anchors.py: base 16, ratios 0.5, 1, 2, scales 8, 16, 32); ``feat_stride`` from param_str."""
+
+    feat_stride: int = 16
+    base_size: int = 16
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    scales: tuple[float, ...] = (8.0, 16.0, 32.0)
+    pre_nms_top_n: int = 6000
+    post_nms_top_n: int = 300
+    nms_thresh: float = 0.7
+    min_size: float = 16.0
+
+
+def proposal_config(layer: Layer) -> ProposalConfig | None:
+    """The proposal settings of a ``Python`` proposal layer or a ``Proposal`` layer; None for other Python
+    layers."""
+    if layer.type == "Proposal":
+        p = fork_param(layer, "proposal_param")
+        return ProposalConfig(p.feat_stride, p.base_size, tuple(p.ratio) or (0.5, 1.0, 2.0),
+                              tuple(p.scale) or (8.0, 16.0, 32.0), p.pre_nms_topn, p.post_nms_topn, p.nms_thresh,
+                              float(p.min_size))
+    python = layer.param.python_param
+    if (python.module, python.layer) not in PROPOSAL_MODULES:
+        return None
+    import ast
+
+    text = python.param_str.strip()
+    try:  # the param_str is YAML there; the forms used in practice ("'feat_stride': 16") are Python literals
+        value = ast.literal_eval(text if text.startswith("{") else "{" + text + "}") if text else {}
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ShapeError(f"layer {layer.name!r}: cannot read param_str {text!r} (expected 'feat_stride': N)") from None
+    stride = value.get("feat_stride", 16) if isinstance(value, dict) else 16
+    if not isinstance(stride, int) or stride <= 0:
+        raise ShapeError(f"layer {layer.name!r}: feat_stride must be a positive integer, got {stride!r}")
+    return ProposalConfig(feat_stride=stride)
+
+
+@rule("Python", "Proposal")
+def _python(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
+    config = proposal_config(layer)
+    if config is None:
+        python = layer.param.python_param
+        raise ShapeError(f"layer {layer.name!r}: Python layer {python.module}.{python.layer} is not known to "
+                         "ninport (register a converter for it with ninport.register_layer)")
+    if len(bottoms) != 3 or len(bottoms[0]) != 4:
+        raise ShapeError(f"layer {layer.name!r}: the proposal layer takes scores, bbox deltas and im_info")
+    anchors = len(config.ratios) * len(config.scales)
+    if bottoms[0][1] != 2 * anchors or bottoms[1][1] != 4 * anchors:
+        raise ShapeError(f"layer {layer.name!r}: {anchors} anchors need {2 * anchors} score and {4 * anchors} "
+                         f"delta channels, got {bottoms[0][1]} and {bottoms[1][1]}")
+    # At most post_nms_top_n rows [0, x1, y1, x2, y2] (fewer when fewer boxes survive; the ONNX axis is symbolic).
+    count = min(config.post_nms_top_n or 10 ** 9, config.pre_nms_top_n or 10 ** 9,
+                anchors * bottoms[0][2] * bottoms[0][3])
+    return LayerShapes([(count, 5), (count, 1)][: len(layer.tops)])
