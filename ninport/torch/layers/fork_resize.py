@@ -49,6 +49,8 @@ def interp(ctx: LayerContext) -> nn.Module:
     shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
     mode = ("shrink" if shrink and not zoom else "zoom" if zoom and not shrink
             else "size" if p.HasField("height") and p.HasField("width") else "both")
+    if not ctx.dynamic_hw:
+        mode = "size"  # sizes known: constants keep the exported graph's shapes static
     return Interp(-p.pad_beg, -p.pad_end, mode, p.shrink_factor, p.zoom_factor, tuple(ctx.top_shapes[0][2:]))
 
 
@@ -89,7 +91,8 @@ def upsample(ctx: LayerContext) -> nn.Module:
     p = fork_param(ctx.layer, "upsample_param")
     if upsample_kind(ctx.layer, len(ctx.layer.bottoms)) == "nearest":
         return NearestUpsample(p.scale if p.HasField("scale") else 1)
-    if p.HasField("upsample_h") and p.HasField("upsample_w"):
-        return Unpool((0, 0), (0, 0), (p.upsample_h, p.upsample_w))
+    if (p.HasField("upsample_h") and p.HasField("upsample_w")) or not ctx.dynamic_hw:
+        # A size known in advance is a constant, so the exported graph's shapes stay static (the batch aside).
+        return Unpool((0, 0), (0, 0), tuple(ctx.top_shapes[0][2:]))
     scale = (p.scale_h, p.scale_w) if p.HasField("scale_h") else (p.scale, p.scale)
     return Unpool(scale, (int(p.pad_out_h), int(p.pad_out_w)), None)
