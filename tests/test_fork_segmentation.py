@@ -126,3 +126,17 @@ def test_bn_dialect_by_param_count_when_no_field_says(tmp_path):
         body = f'layer {{ name: "bn" type: "BN" bottom: "data" top: "out" {params} }}\n'
         net = read_net(write_net(tmp_path, _net((1, 3, 4, 5), body), name=f"n{blobs}")[0])
         assert len(infer_shapes(net).layers["bn"].params) == blobs
+
+
+def test_seeded_weights_give_the_pspnet_bn_a_positive_variance(tmp_path):
+    from ninport.caffe.load import load_net
+    from ninport.caffe.seeded import write_seeded_caffemodel
+
+    params = "param { lr_mult: 1 } " * 2 + "param { lr_mult: 0 } " * 2
+    body = f'layer {{ name: "bn" type: "BN" bottom: "data" top: "out" {params}bn_param {{ frozen: true }} }}\n'
+    proto, _ = write_net(tmp_path, _net((1, 8, 4, 5), body))
+    model = tmp_path / "seeded.caffemodel"
+    write_seeded_caffemodel(read_net(proto), model, seed=1)
+    net, _ = load_net(proto, model)
+    slope, _, _, variance = net.layer("bn").blobs
+    assert variance.min() > 0 and slope.min() > 0
