@@ -205,8 +205,11 @@ def preflight(net: Net) -> None:
             f"layer type(s) {', '.join(ruleless)} have a converter but no shape rule "
             f"(give one with register_layer(..., shape=fn)): {'; '.join(layers)}"
         )
+    from ninport.caffe.shapes import layer_known
+
     missing = [(layer.name, layer.type, net.where(layer)) for layer in net.layers
-               if layer.type != "Input" and (layer.type not in known or layer.type not in RULES)]
+               if layer.type != "Input" and (layer.type not in known or layer.type not in RULES
+                                             or not layer_known(layer))]
     if missing:
         raise UnsupportedLayerError(missing)
 
