@@ -164,6 +164,9 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
               help="Fixed relative floor of the parity check: onnxruntime's output passes when its distance from "
                    "a float64 torch forward (max abs / max |float64|) is at most max(RTOL, 10 × the float32 torch "
                    "module's own distance).")
+@click.option("--dynamic-hw", is_flag=True,
+              help="Symbolic input height and width: one file for any image size (refused, naming the layer, "
+                   "when a layer pins the size).")
 @click.option("--verify", "run_verify", is_flag=True,
               help="Afterwards, compare every blob across torch, the ONNX file and OpenCV (see `ninport verify`).")
 @caffe_proto_option
@@ -171,7 +174,7 @@ def inspect(prototxt: str, caffemodel: str | None, input_shape: str | None, phas
 @debug_option
 @click.pass_context
 def convert(ctx: click.Context, prototxt: str, caffemodel: str, output: str | None, input_shape: str | None,
-            phase: str, opset: int, static_batch: bool, fp16: bool, rtol: float, run_verify: bool,
+            phase: str, opset: int, static_batch: bool, fp16: bool, rtol: float, dynamic_hw: bool, run_verify: bool,
             caffe_proto: str | None, as_json: bool) -> None:
     """Convert a Caffe model to ONNX (checked in onnxruntime) and to a PyTorch .pt file.
 
@@ -184,7 +187,8 @@ def convert(ctx: click.Context, prototxt: str, caffemodel: str, output: str | No
     if not rtol > 0:
         raise NinportError(f"--rtol must be positive, got {rtol:g}")
     result = run_convert(prototxt, caffemodel, output, input_shape=input_shape, phase=phase.upper(), opset=opset,
-                         static_batch=static_batch, caffe_proto=caffe_proto, fp16=fp16, tolerance=rtol)
+                         static_batch=static_batch, caffe_proto=caffe_proto, fp16=fp16, tolerance=rtol,
+                         dynamic_hw=dynamic_hw)
     report = None
     if run_verify:
         from ninport.verify import verify as verify_net
@@ -206,7 +210,11 @@ def _print_convert(result, report) -> None:
     from ninport.inspect import format_trace
 
     inputs = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in result.inputs.items())
-    click.echo(f"input: {inputs} ({'dynamic' if result.dynamic_batch else 'static'} batch)")
+    hw = ", any height and width" if result.dynamic_hw else ""
+    click.echo(f"input: {inputs} ({'dynamic' if result.dynamic_batch else 'static'} batch{hw})")
+    for case in result.sizes_checked:
+        shapes = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in case["input"].items())
+        click.echo(f"checked at {shapes} against a net built for that size: relative {case['rel']:.3g}")
     click.echo(f"spatial trace: {format_trace(result.trace)}")
     click.echo(f"parameters: {result.params:,}   MACs: {result.macs:,}")
     for p in result.parity:

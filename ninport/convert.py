@@ -27,6 +27,9 @@ class ConvertResult:
     opset: int = 17
     dynamic_batch: bool = True
     fp16: bool = False
+    dynamic_hw: bool = False
+    # --dynamic-hw: the probe input sizes checked against Caffe's reshape, with the worst relative error.
+    sizes_checked: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -42,6 +45,8 @@ class ConvertResult:
             "opset": self.opset,
             "dynamic_batch": self.dynamic_batch,
             "fp16": self.fp16,
+            "dynamic_hw": self.dynamic_hw,
+            "sizes_checked": self.sizes_checked,
         }
 
 
@@ -90,8 +95,13 @@ def convert(
     tolerance: float = 1e-5,
     caffe_proto: str | os.PathLike | None = None,
     fp16: bool = False,
+    dynamic_hw: bool = False,
 ) -> ConvertResult:
-    """Convert a Caffe model; write ``OUT.onnx`` and ``OUT.pt`` only when both are built and checked."""
+    """Convert a Caffe model; write ``OUT.onnx`` and ``OUT.pt`` only when both are built and checked.
+
+    ``dynamic_hw``: H and W become symbolic in the ONNX graph and the module takes any size, checked at two
+    other sizes against modules built for them; a layer that pins the size is named in the error.
+    """
     start = time.perf_counter()
     # Two cores against one import floor: a helper process imports onnx and onnxruntime (and later checks the
     # ONNX file) and a thread hashes the source files for the metadata, while this process imports torch.
@@ -106,10 +116,15 @@ def convert(
     net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
     preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
     shapes = infer_shapes(net)
+    probes = []
+    if dynamic_hw:
+        from ninport.caffe.dynamic import check_dynamic_hw
+
+        probes = check_dynamic_hw(net, shapes)
     attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
     output = os.fspath(output) if output else default_output(caffemodel)
     pt_path = os.path.splitext(output)[0] + ".pt"
-    module = build_module(net, shapes)
+    module = build_module(net, shapes, dynamic_hw=dynamic_hw)
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     # Export to a hidden name first so that a failing .pt write leaves no lone .onnx behind.
     hidden = os.path.join(os.path.dirname(output) or ".", f".{os.path.basename(output)}.ninport-tmp")
@@ -121,6 +136,11 @@ def convert(
                                metadata=digests(), worker=worker, data_location=external_data_name(output))
         save_pt(module, hidden_pt)  # while the helper checks the ONNX file and runs it in onnxruntime
         result = pending.finish()
+        sizes_checked = []
+        if dynamic_hw:
+            from ninport.onnx.export import check_any_size
+
+            sizes_checked = check_any_size(module, net, probes, hidden, tolerance)
         if fp16 and "external_data" in result.metadata:
             raise NinportError("--fp16 is not supported for models over 2 GB (external data)")
         if fp16:
@@ -150,6 +170,8 @@ def convert(
         opset=opset,
         dynamic_batch=not static_batch,
         fp16=fp16,
+        dynamic_hw=dynamic_hw,
+        sizes_checked=sizes_checked,
     )
 
 

@@ -107,3 +107,20 @@ def test_fork_layers_are_listed_with_their_fork():
                              ("DepthwiseConvolution", "yonghenglh6"), ("Axpy", "SENet"),
                              ("ShuffleChannel", "farmingyard/ShuffleNet")]:
         assert fork in rows[layer_type].notes, (layer_type, rows[layer_type])
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_shuffle_channel_against_opencv(tmp_path, group):
+    text = ('input: "data"\ninput_shape { dim: 2 dim: 6 dim: 3 dim: 4 }\n'
+            f'layer {{ name: "out" type: "ShuffleChannel" bottom: "data" top: "out" '
+            f'shuffle_channel_param {{ group: {group} }} }}\n')
+    proto, _ = write_net(tmp_path, text)
+    x = _x(2, 6, 3, 4)
+    ref = opencv_outputs(proto, None, {"data": x}, ["out"])
+    # shuffle_channel_layer.cpp: channel i * (C / g) + j moves to j * g + i.
+    moved = np.empty_like(x)
+    for i in range(group):
+        for j in range(6 // group):
+            moved[:, j * group + i] = x[:, i * (6 // group) + j]
+    np.testing.assert_array_equal(ref["out"], moved)
+    check_net(tmp_path, proto, None, {"data": x}, ref)

@@ -86,7 +86,9 @@ def test_an_input_only_a_loss_reads_is_dropped(tmp_path):
     proto, model = write_net(tmp_path, text, [("c", "Convolution", _conv_weights(6))])
     net, _ = load_net(proto, model)
     assert list(net.inputs) == ["data"] and net.outputs == ["out"]
-    result = ninport.convert(proto, model, tmp_path / "srcnn.onnx")
+    from ninport.convert import convert
+
+    result = convert(proto, model, tmp_path / "srcnn.onnx")
     assert list(result.inputs) == ["data"]
     graph = onnx.load(str(tmp_path / "srcnn.onnx")).graph
     assert [i.name for i in graph.input] == ["data"]
@@ -135,3 +137,21 @@ def test_a_param_str_is_never_run(tmp_path):
     proto, _ = write_net(tmp_path, text)
     with pytest.raises(NetError, match="--input-shape"):
         read_net(proto)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.3])
+def test_dropout_scale_train_false_scales_at_test_time(tmp_path, ratio):
+    # rbgirshick/caffe-fast-rcnn dropout_layer.cpp: at TEST, top = bottom * (1 / scale_), scale_ = 1 / (1 - ratio)
+    # in float32; with the default scale_train: true it is the identity.
+    body = ('layer { name: "d" type: "Dropout" bottom: "data" top: "out" '
+            f'dropout_param {{ dropout_ratio: {ratio} scale_train: false }} }}\n')
+    proto, _ = write_net(tmp_path, HEAD + body)
+    x = np.random.default_rng(7).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    scale = np.float32(1) / (np.float32(1) - np.float32(ratio))
+    expected = x * (np.float32(1) / scale)
+    assert not np.allclose(expected, x)
+    from tests.layer_harness import check_net
+
+    check_net(tmp_path, proto, None, {"data": x}, {"out": expected})
+    plain, _ = write_net(tmp_path, HEAD + body.replace("scale_train: false", "scale_train: true"), name="plain")
+    check_net(tmp_path, plain, None, {"data": x}, {"out": x})

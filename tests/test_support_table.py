@@ -59,7 +59,8 @@ def test_text_table_lists_types_and_statuses(run_cli):
     result = run_cli("layers")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert any(line.startswith("Python") and "unsupported" in line for line in lines)
+    # Python converts only as py-faster-rcnn's proposal layer; the row says so.
+    assert any(line.startswith("Python") and "proposal_layer" in line and "plugin" in line for line in lines)
     assert any(line.startswith("Deconvolution") and "converted" in line for line in lines)
 
 

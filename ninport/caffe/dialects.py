@@ -43,7 +43,9 @@ DIALECTS: list[Dialect] = [
     Dialect("SegNet/ENet", "alexgkendall/caffe-segnet, TimoSaemann/caffe-enet, src/caffe/proto/caffe.proto",
             fields=("bn_param.bn_mode", "bn_param.scale_filler", "bn_param.shift_filler",
                     "upsample_param.upsample_h", "upsample_param.upsample_w", "upsample_param.pad_out_h",
-                    "upsample_param.pad_out_w", "upsample_param.scale_h", "upsample_param.scale_w")),
+                    "upsample_param.pad_out_w", "upsample_param.scale_h", "upsample_param.scale_w",
+                    "dense_image_data_param", "dropout_param.sample_weights_test"),
+            types=("DenseImageData",)),
     Dialect("R-CNN", "rbgirshick/caffe-fast-rcnn, daijifeng001/caffe-rfcn, src/caffe/proto/caffe.proto",
             fields=("roi_pooling_param", "psroi_pooling_param", "proposal_param", "dropout_param.scale_train"),
             types=("ROIPooling", "PSROIPooling", "Proposal")),
@@ -168,8 +170,9 @@ class Refusal:
 
 # forklayers: remove a row once the converter honours it.
 REFUSED: list[Refusal] = [
-    Refusal("Dropout", "dropout_param.scale_train", False,
-            "the fork scales by 1 - dropout_ratio at test time; ninport's Dropout does not yet"),
+    Refusal("Dropout", "dropout_param.sample_weights_test", True,
+            "Bayesian SegNet samples dropout masks at test time (Monte Carlo dropout), so its output is random; "
+            "set it to false for the deterministic net"),
 ]
 
 

@@ -23,6 +23,12 @@ def seeded_blobs(layer_type: str, shapes: list[tuple[int, ...]], rng: np.random.
         mean = rng.normal(0.0, 0.5, channels).astype(np.float32) * factor
         var = rng.uniform(0.5, 2.0, channels).astype(np.float32) * factor
         return [mean, var, factor]
+    if layer_type == "BN":
+        # The forks' BN: scale and shift (SegNet/ENet), then mean and a positive variance (PSPNet).
+        values = [rng.uniform(0.5, 1.5, shapes[0]), rng.normal(0.0, 0.1, shapes[1])]
+        if len(shapes) == 4:
+            values += [rng.normal(0.0, 0.5, shapes[2]), rng.uniform(0.5, 2.0, shapes[3])]
+        return [v.astype(np.float32) for v in values]
     out = []
     for i, shape in enumerate(shapes):
         if i == 0 and len(shape) >= 2:

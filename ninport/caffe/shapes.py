@@ -498,7 +498,19 @@ class NetShapes:
 
 def unknown_layers(net: Net, known: set[str] | None = None) -> list[tuple[str, str, str]]:
     known = set(RULES) if known is None else known
-    return [(layer.name, layer.type, net.where(layer)) for layer in net.layers if layer.type not in known]
+    return [(layer.name, layer.type, net.where(layer)) for layer in net.layers
+            if layer.type not in known or not layer_known(layer)]
+
+
+def layer_known(layer: Layer) -> bool:
+    """False for a layer whose type has a rule for other instances only: a Python layer whose module ninport
+    does not implement (only py-faster-rcnn's proposal layer), unless a plugin replaced the Python rule."""
+    if layer.type != "Python" or getattr(RULES.get("Python"), "__module__", "") != "ninport.caffe.fork_shapes":
+        return True
+    from ninport.caffe.fork_shapes import PROPOSAL_MODULES
+
+    python = layer.param.python_param
+    return (python.module, python.layer) in PROPOSAL_MODULES
 
 
 _plugins_loaded = False

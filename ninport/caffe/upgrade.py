@@ -98,6 +98,7 @@ DATA_LAYER_TYPES = {
     "DummyData",
     "AnnotatedData",
     "VideoData",
+    "DenseImageData",  # SegNet's fork
 }
 # Layers a deploy view drops: they need labels and produce training signals.
 TRAINING_ONLY_TYPES = {"Accuracy", "HDF5Output", "DetectionEvaluate"}  # the last: SSD fork's mAP layer
@@ -412,6 +413,11 @@ def _data_layer_shape(layer: caffe_pb2.LayerParameter, where: str) -> tuple[tupl
         batch = p.batch_size or 1
         channels = 3 if p.is_color else 1
         height, width = p.new_height, p.new_width
+    elif kind == "DenseImageData":
+        p = layer.dense_image_data_param
+        batch = p.batch_size or 1
+        channels = 3 if p.is_color else 1
+        height, width = p.crop_height or p.new_height, p.crop_width or p.new_width
     elif kind == "WindowData":
         batch = layer.window_data_param.batch_size or 1
     elif kind == "MemoryData":

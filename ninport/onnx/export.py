@@ -158,6 +158,20 @@ def _prune_to_outputs(model: onnx.ModelProto, keep: list[str]) -> dict[str, str]
     return aliases
 
 
+def _dynamic_hw_axes(module, blob_names: list[str], axes: dict) -> dict:
+    """``--dynamic-hw``: H and W of every 4-D input are symbolic (``H``/``W``, or ``NAME_H``/``NAME_W`` when
+    several inputs have them), and every blob's axes from 2 on, whose sizes follow from them."""
+    spatial = [name for name in module.input_names if len(module.input_shapes[name]) == 4]
+    out = {name: dict(axes.get(name, {})) for name in set(axes) | set(module.input_names) | set(blob_names)}
+    for name in spatial:
+        prefix = "" if len(spatial) == 1 else f"{name}_"
+        out[name].update({2: f"{prefix}H", 3: f"{prefix}W"})
+    for name in blob_names:
+        for axis in range(2, len(module.blob_shapes.get(name, ()))):
+            out[name][axis] = f"{name}_d{axis}"
+    return {name: value for name, value in out.items() if value}
+
+
 def to_onnx_bytes(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, batch: int | None = None) -> bytes:
     """``to_onnx_model``, serialized."""
     return to_onnx_model(module, opset=opset, dynamic_batch=dynamic_batch, batch=batch).SerializeToString()
@@ -194,6 +208,8 @@ def export_graph(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
     if dynamic_batch:
         fixed = set(getattr(module, "batchless_inputs", ()))
         dynamic_axes = {name: {0: "N"} for name in module.input_names + wrapper.blob_names if name not in fixed}
+    if getattr(module, "dynamic_hw", False):
+        dynamic_axes = _dynamic_hw_axes(module, wrapper.blob_names, dynamic_axes or {})
     # Past protobuf's 2 GB the exporter cannot hand back one message: it writes a file with external data.
     large = parameter_bytes(module) > EXTERNAL_DATA_BYTES and not weights_apart
     scratch = tempfile.TemporaryDirectory(prefix="ninport-export-") if large else None
@@ -564,3 +580,49 @@ def check_parity(module, onnx_bytes: bytes | str, batches, tolerance: float) -> 
         feeds = {name: t.numpy() for name, t in zip(module.input_names, inputs)}
         got.append(session.run(module.output_names, feeds))
     return _compare_outputs(module, cases, got, tolerance)
+
+
+def check_any_size(module, net, probes: list[dict[str, tuple[int, ...]]], onnx_model: bytes | str,
+                   tolerance: float) -> list[dict]:
+    """``--dynamic-hw``: at each probe size, a module built for that size alone (Caffe's reshape, exact by
+    construction) against the any-size module, blob by blob, and against onnxruntime's outputs.
+
+    Raises a ParityError naming the first layer whose top differs, and the size.
+    """
+    from ninport.caffe.dynamic import net_at_size
+    from ninport.caffe.shapes import infer_shapes
+    from ninport.onnx.runtime import make_session
+    from ninport.torch.build import build_module
+
+    session = make_session(onnx_model, provider="cpu").session
+    producers = {top: name for name, _, tops in module.plan for top in tops}
+    report = []
+    for index, sizes in enumerate(probes):
+        other = net_at_size(net, sizes)
+        static = build_module(other, infer_shapes(other))
+        inputs = static.example_inputs(seed=100 + index)
+        size = "×".join(str(d) for d in next(iter(sizes.values()))[2:])
+        with torch.no_grad():
+            want = static.forward_blobs(*inputs)
+            have = module.forward_blobs(*inputs)
+        for name, _, tops in static.plan:
+            for top in tops:
+                _, rel = compare(want[top].numpy(), have[top].numpy())
+                if not rel <= tolerance:
+                    raise ParityError(
+                        f"layer {name!r}: with --dynamic-hw its top {top!r} differs from Caffe's reshape at input "
+                        f"{size} (relative {rel:.3g}); this layer cannot take any size"
+                    )
+        feeds = {name: t.numpy() for name, t in zip(module.input_names, inputs)}
+        outs = session.run(module.output_names, feeds)
+        worst = 0.0
+        for name, got in zip(module.output_names, outs):
+            _, rel = compare(want[name].numpy(), got)
+            if not rel <= tolerance:
+                raise ParityError(
+                    f"onnxruntime with symbolic H and W differs from Caffe's reshape on blob {name!r} (from layer "
+                    f"{producers.get(name, '?')!r}) at input {size}: relative {rel:.3g} > {tolerance:g}"
+                )
+            worst = max(worst, rel)
+        report.append({"input": {k: list(v) for k, v in sizes.items()}, "rel": worst})
+    return report

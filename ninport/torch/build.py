@@ -27,20 +27,22 @@ from ninport.torch.registry import preflight
 PT_FORMAT = "ninport.pt/1"
 
 
-def build_module(net: Net, shapes: NetShapes | None = None) -> CaffeNet:
+def build_module(net: Net, shapes: NetShapes | None = None, dynamic_hw: bool = False) -> CaffeNet:
     """A ``CaffeNet`` for a normalized ``Net`` (weights from its blobs), in eval mode.
 
     When the net carries weights, torch's own random initialization of each layer is skipped: the caffemodel's
     values replace it at once, and for a VGG-16-sized net drawing 138 M random numbers costs seconds. The
     parameters share memory with the blobs where those are writable float32 arrays (see ``LayerContext``).
+    ``dynamic_hw``: the module takes any input height and width (check the net first with
+    ``ninport.caffe.dynamic.check_dynamic_hw``).
     """
     shapes = shapes or infer_shapes(net)
     if any(layer.blobs for layer in net.layers):
         _own_weights(net)
         with _no_random_init():
-            module = CaffeNet(net, shapes)
+            module = CaffeNet(net, shapes, dynamic_hw=dynamic_hw)
     else:
-        module = CaffeNet(net, shapes)
+        module = CaffeNet(net, shapes, dynamic_hw=dynamic_hw)
     return module.eval()
 
 
@@ -141,6 +143,7 @@ def save_pt(module: CaffeNet, path: str | os.PathLike) -> None:
         "caffe_blob_names": json.dumps(module.caffe_blob_names),
         "source": str(module.source),
         "weights_source": str(module.weights_source or ""),
+        "dynamic_hw": bool(getattr(module, "dynamic_hw", False)),
     }
     # Straight to a temporary file beside ``path`` (torch writes each tensor from its own memory, no in-memory
     # copy of the whole file), then renamed: whole or not at all.
@@ -174,6 +177,6 @@ def load_pt(path: str | os.PathLike) -> CaffeNet:
         layer.caffe_tops = [caffe_names.get(t, t) for t in layer.tops]
     net.preprocess = json.loads(payload.get("preprocess", "{}"))
     net.weights_source = payload.get("weights_source") or None
-    module = build_module(net)
+    module = build_module(net, dynamic_hw=bool(payload.get("dynamic_hw", False)))
     module.load_state_dict(payload["state_dict"], strict=True)
     return module

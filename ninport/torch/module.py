@@ -17,9 +17,11 @@ from ninport.torch.registry import build_layer, preflight
 
 
 class CaffeNet(nn.Module):
-    def __init__(self, net: Net, shapes: NetShapes):
+    def __init__(self, net: Net, shapes: NetShapes, dynamic_hw: bool = False):
         super().__init__()
         preflight(net)
+        # Whether the module takes any input height and width (see ``ninport.caffe.dynamic``).
+        self.dynamic_hw = dynamic_hw
         self.net_name = net.name
         self.input_names = list(net.inputs)
         self.input_shapes = {k: tuple(v) for k, v in net.inputs.items()}
@@ -39,7 +41,7 @@ class CaffeNet(nn.Module):
             self.layer_types[layer.name] = layer.type
             if layer.type == "Input":
                 continue
-            self.add_module(layer.name, build_layer(layer, net, shapes))
+            self.add_module(layer.name, build_layer(layer, net, shapes, dynamic_hw=dynamic_hw))
             self.plan.append((layer.name, list(layer.bottoms), list(layer.tops)))
 
     def forward_blobs(self, *inputs: torch.Tensor, **named: torch.Tensor) -> dict[str, torch.Tensor]:

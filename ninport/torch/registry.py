@@ -28,6 +28,9 @@ class LayerContext:
     top_shapes: list[Shape]
     shapes: LayerShapes
     where: str
+    # ``convert --dynamic-hw``: the module must take any height and width (Caffe's reshape at each size), so
+    # nothing may be precomputed from the spatial sizes above.
+    dynamic_hw: bool = False
 
     def weight(self, index: int) -> torch.Tensor:
         """Blob ``index`` as a float32 tensor: the caffemodel's values, or zeros when the net has no weights
@@ -208,18 +211,22 @@ def preflight(net: Net) -> None:
             f"layer type(s) {', '.join(ruleless)} have a converter but no shape rule "
             f"(give one with register_layer(..., shape=fn)): {'; '.join(layers)}"
         )
+    from ninport.caffe.shapes import layer_known
+
     missing = [(layer.name, layer.type, net.where(layer)) for layer in net.layers
-               if layer.type != "Input" and (layer.type not in known or layer.type not in RULES)]
+               if layer.type != "Input" and (layer.type not in known or layer.type not in RULES
+                                             or not layer_known(layer))]
     if missing:
         raise UnsupportedLayerError(missing)
 
 
-def build_layer(layer: Layer, net: Net, shapes: NetShapes) -> nn.Module:
+def build_layer(layer: Layer, net: Net, shapes: NetShapes, dynamic_hw: bool = False) -> nn.Module:
     ctx = LayerContext(
         layer=layer,
         bottom_shapes=[shapes.blobs[b] for b in layer.bottoms],
         top_shapes=[shapes.blobs[t] for t in layer.tops],
         shapes=shapes.layers[layer.name],
         where=net.where(layer),
+        dynamic_hw=dynamic_hw,
     )
     return converters()[layer.type](ctx)

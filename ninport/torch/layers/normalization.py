@@ -33,7 +33,14 @@ def lrn(ctx: LayerContext) -> nn.Module:
     if p.local_size % 2 == 0:
         raise ctx.unsupported(f"an even local_size ({p.local_size}); Caffe requires it odd")
     if p.norm_region == caffe_pb2.LRNParameter.WITHIN_CHANNEL:
-        return WithinChannelLRN(p.local_size, p.alpha, p.beta, ctx.bottom_shapes[0][2:])
+        lrn = WithinChannelLRN(p.local_size, p.alpha, p.beta, ctx.bottom_shapes[0][2:])
+        if ctx.dynamic_hw:
+            # Stride 1 with pad (size - 1) / 2: every window's divisor is size², at any input size.
+            from ninport.torch.layers.pooling import AnySizePool2d
+
+            pad = (p.local_size - 1) // 2
+            lrn.pool = AnySizePool2d(AVE, (p.local_size,) * 2, (1, 1), (pad, pad), ceil_mode=True)
+        return lrn
     # Across channels: x / (k + alpha / n * sum of x² over n neighbouring channels) ** beta, as PyTorch's.
     return nn.LocalResponseNorm(p.local_size, alpha=p.alpha, beta=p.beta, k=p.k)
 

@@ -113,16 +113,71 @@ class StochasticPool2d(nn.Module):
         return torch.where(positive, squares / safe, torch.zeros_like(total))
 
 
+class AnySizePool2d(nn.Module):
+    """MAX or AVE pooling for any input size (``convert --dynamic-hw``), with one native op.
+
+    PyTorch's ``ceil_mode`` drops a last window that would start in the right/bottom padding, and its AVE
+    divisor with ``count_include_pad`` is the window clipped to the padded input: Caffe's two rules
+    (pooling_layer.cpp), so the native ops match Caffe at every size; onnxruntime's MaxPool/AveragePool do too
+    (both checked against ``CaffePool2d`` at several sizes in tests/test_dynamic_hw.py).
+    """
+
+    def __init__(self, method: int, kernel, stride, pad, ceil_mode: bool, global_pool: bool = False):
+        super().__init__()
+        self.method, self.kernel, self.stride, self.pad = method, tuple(kernel), tuple(stride), tuple(pad)
+        self.ceil_mode, self.global_pool = ceil_mode, global_pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool:
+            if self.method == MAX:
+                return torch.amax(x, dim=(2, 3), keepdim=True)
+            return torch.mean(x, dim=(2, 3), keepdim=True)
+        if self.method == MAX:
+            return F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil_mode)
+        return F.avg_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil_mode, count_include_pad=True)
+
+
+class MaxPoolWithMask(nn.Module):
+    """MAX pooling with Caffe's second top, the mask (pooling_layer.cpp, Forward_cpu): for every output, the
+    flat index h * W + w in its input plane of the first maximum in row-major window order, as a float.
+    PyTorch's indices are the same numbers (the first maximum wins there too); any input size."""
+
+    def __init__(self, kernel, stride, pad, ceil_mode: bool):
+        super().__init__()
+        self.kernel, self.stride, self.pad, self.ceil_mode = tuple(kernel), tuple(stride), tuple(pad), ceil_mode
+
+    def forward(self, x: torch.Tensor):
+        values, indices = F.max_pool2d(x, self.kernel, self.stride, self.pad, ceil_mode=self.ceil_mode,
+                                       return_indices=True)
+        return values, indices.to(x.dtype)
+
+
+def _any_size_pooling(ctx: LayerContext, p, kernel, stride, pad) -> nn.Module:
+    if p.pool == STOCHASTIC:
+        raise ctx.unsupported("STOCHASTIC pooling with --dynamic-hw")
+    if any(pd > k // 2 for pd, k in zip(pad, kernel)) and not p.global_pooling:
+        raise ctx.unsupported(f"pad {pad} over half the kernel {kernel} with --dynamic-hw")
+    ceil = p.round_mode != caffe_pb2.PoolingParameter.FLOOR
+    return AnySizePool2d(p.pool, kernel, stride, pad, ceil, global_pool=p.global_pooling)
+
+
 @register_layer(
     "Pooling",
-    notes="MAX, AVE, STOCHASTIC (test-time weighted mean, input >= 0), global, round_mode, _h/_w; 2-D; no mask top",
+    notes="MAX, AVE, STOCHASTIC (test-time weighted mean, input >= 0), global, round_mode, _h/_w; 2-D; "
+          "MAX's mask top (for SegNet's Upsample)",
 )
 def pooling(ctx: LayerContext) -> nn.Module:
     p = ctx.layer.param.pooling_param
-    if len(ctx.layer.tops) > 1:
-        raise ctx.unsupported("a second top (the MAX pooling mask)")
     shape = ctx.bottom_shapes[0]
     kernel, stride, pad, out = pooling_geometry(p, ctx.layer, shape)
+    if len(ctx.layer.tops) > 1:
+        if p.pool != MAX or len(ctx.layer.tops) > 2:
+            raise ctx.unsupported("a second top other than MAX pooling's mask")
+        if any(pd > k // 2 for pd, k in zip(pad, kernel)) or p.global_pooling:
+            raise ctx.unsupported(f"a mask top with pad {pad} over half the kernel {kernel} or global pooling")
+        return MaxPoolWithMask(kernel, stride, pad, p.round_mode != caffe_pb2.PoolingParameter.FLOOR)
+    if ctx.dynamic_hw:
+        return _any_size_pooling(ctx, p, kernel, stride, pad)
     for size, st, pd, o in zip(shape[2:], stride, pad, out):
         if (o - 1) * st - pd >= size:
             raise ctx.unsupported(f"a last pooling window that starts past the input ({size}, stride {st})")

@@ -116,6 +116,8 @@ class Slice(nn.Module):
 @register_layer("Slice", notes="slice_point, axis, legacy slice_dim")
 def slice_layer(ctx: LayerContext) -> nn.Module:
     axis = slice_axis(ctx.layer, ctx.bottom_shapes[0])
+    if ctx.dynamic_hw and axis >= 2:
+        raise ctx.unsupported(f"a Slice of axis {axis} (its sizes are fixed) with --dynamic-hw")
     return Slice(axis, [s[axis] for s in ctx.top_shapes])
 
 
@@ -123,12 +125,14 @@ class Reshape(nn.Module):
     """``x.reshape(spec)``, where ``None`` in ``spec`` stands for the bottom's batch size at run time, so the
     batch stays dynamic wherever Caffe's dims copy it (a 0 on axis 0, or axes before ``axis``) or infer it."""
 
-    def __init__(self, spec: list[int | None]):
+    def __init__(self, spec: list[int | None], axes: list[int] | None = None):
         super().__init__()
         self.spec = list(spec)
+        # The bottom axis each ``None`` copies: the batch axis, or with --dynamic-hw any copied axis.
+        self.axes = list(axes) if axes is not None else [0] * len(self.spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape([x.shape[0] if d is None else d for d in self.spec])
+        return x.reshape([x.shape[a] if d is None else d for d, a in zip(self.spec, self.axes)])
 
 
 @register_layer(
@@ -144,13 +148,17 @@ def reshape(ctx: LayerContext) -> nn.Module:
     end = ndim if p.num_axes == -1 else start + p.num_axes
 
     def kept(axis: int) -> int | None:
-        return None if axis == 0 else shape[axis]
+        # With --dynamic-hw every copied axis is read at run time, as Caffe's Reshape reads it at each size.
+        return None if axis == 0 or ctx.dynamic_hw else shape[axis]
 
     spec: list[int | None] = [kept(i) for i in range(start)]
+    axes = list(range(start))
     for i, d in enumerate(p.shape.dim):
         spec.append(kept(start + i) if d == 0 else int(d))
+        axes.append(start + i)
     spec += [kept(i) for i in range(end, ndim)]
-    return Reshape(spec)
+    axes += list(range(end, ndim))
+    return Reshape(spec, axes)
 
 
 class Crop(nn.Module):
