@@ -10,6 +10,7 @@ import numpy as np
 from ninport.caffe import caffe_pb2
 from ninport.caffe.aliasing import share_in_place_writes
 from ninport.caffe.caffemodel import blob_is_legacy, blob_to_array
+from ninport.caffe.checks import check_writers
 from ninport.caffe.net import Net
 from ninport.caffe.prototxt import read_prototxt
 from ninport.caffe.shapes import NetShapes, infer_shapes
@@ -43,6 +44,7 @@ def read_net(
     net = normalize(message, blocks, source, phase=phase, level=level, stages=stages,
                     input_shape=input_shape, deploy=deploy)
     net.fork_fields = fork_fields
+    check_writers(net)  # Caffe's "produced by multiple sources" and no-in-place rules, on Caffe's names
     share_in_place_writes(net)  # Caffe's Split/Flatten/Reshape tops share memory with their bottom
     return net
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ninport.caffe import caffe_pb2
+from ninport.caffe.checks import check_layer, check_result
 from ninport.caffe.net import Layer, Net
 from ninport.errors import NetError, ShapeError, UnsupportedLayerError
 
@@ -536,9 +537,14 @@ def infer_shapes(net: Net) -> NetShapes:
     for layer in net.layers:
         bottoms = [blobs[b] for b in layer.bottoms]
         try:
+            check_layer(layer, bottoms)  # Caffe's own refusals first (ninport.caffe.checks)
             shapes = RULES[layer.type](layer, bottoms)
+            if len(shapes.tops) == len(layer.tops):
+                check_result(layer, bottoms, shapes.tops, shapes.params)
         except ShapeError as exc:
             raise ShapeError(f"{net.where(layer)}: {exc}") from None
+        except NetError as exc:
+            raise NetError(f"{net.where(layer)}: {exc}") from None
         except (ValueError, IndexError) as exc:
             raise NetError(f"{net.where(layer)}: layer {layer.name!r} ({layer.type}): {exc}") from None
         if len(shapes.tops) != len(layer.tops):
