@@ -95,7 +95,7 @@ def check_counts(layer: Layer) -> None:
         if (lo is not None and n < lo) or (hi is not None and n > hi):
             want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
             raise NetError(f"layer {_cut(layer.name)!r} ({layer.type}) has {n} {what}s; Caffe's {layer.type} "
-                           f"takes {want}")
+                           f"takes {want} {what}s")
     if layer.type in ("Convolution", "Deconvolution") and nb != nt:
         raise NetError(f"layer {_cut(layer.name)!r} ({layer.type}) needs as many tops as bottoms (Caffe's "
                        f"EqualNumBottomTopBlobs), got {nb} and {nt}")
