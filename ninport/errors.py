@@ -6,7 +6,6 @@ that line and exits non-zero, the traceback only with ``--debug``.
 
 from __future__ import annotations
 
-
 # An error line quotes at most this much of what it names (a layer name, a line of the file), whole or cut.
 MAX_MESSAGE = 600
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from google.protobuf import text_format
@@ -53,14 +54,39 @@ def scan_layer_blocks(text: str) -> list[LayerBlock]:
     return blocks
 
 
+# A prototxt is a description, not data: the largest published ones are a few MB. Past this, refuse unread.
+MAX_PROTOTXT_BYTES = 64 << 20
+
+
+def regular_file(path: str | os.PathLike, what: str, max_bytes: int | None = None) -> int:
+    """Refuse, in one line, an input that is missing, not a regular file (a directory, a named pipe, a device
+    such as /dev/zero) or larger than ``max_bytes``; return its size. Nothing is opened or read."""
+    path = os.fspath(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ParseError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ParseError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ParseError(f"{path}: is a directory, not a {what}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ParseError(f"{path}: not a regular file (a pipe or a device?); a {what} must be a file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise ParseError(f"{path}: {info.st_size:,} bytes is too large for a {what} (at most {max_bytes:,})")
+    return info.st_size
+
+
 def read_text(path: str | os.PathLike) -> str:
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ParseError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ParseError(f"{path}: is a directory, not a prototxt file")
-    with open(path, "rb") as f:
-        data = f.read()
+    regular_file(path, "prototxt file", MAX_PROTOTXT_BYTES)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROTOTXT_BYTES + 1)
+    except OSError as exc:
+        raise ParseError(f"{path}: cannot read the prototxt file ({exc.strerror or exc})") from None
+    if len(data) > MAX_PROTOTXT_BYTES:  # it grew while we looked
+        raise ParseError(f"{path}: too large for a prototxt file (over {MAX_PROTOTXT_BYTES:,} bytes)")
     if b"\x00" in data[:4096]:
         raise ParseError(f"{path}: binary data where a text prototxt was expected (is it a caffemodel?)")
     try:

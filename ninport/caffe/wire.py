@@ -6,6 +6,7 @@ run becomes a numpy view of the mapped file, so no per-float Python object and n
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ninport.caffe.prototxt import regular_file
 from ninport.errors import ParseError
 
 # Field numbers from protos/caffe.proto (the same as BVLC Caffe's src/caffe/proto/caffe.proto).
@@ -61,7 +63,7 @@ class WireBlob:
         shape = self.shape if self.shape is not None else self.legacy_dims
         if shape is None:
             return self.array
-        if int(np.prod(shape, dtype=np.int64)) != self.array.size:
+        if any(d < 0 for d in shape) or math.prod(shape) != self.array.size:
             raise ParseError(f"blob declares shape {list(shape)} but holds {self.array.size} values")
         return self.array.reshape(shape)
 
@@ -294,18 +296,20 @@ def _layer(buf, start: int, end: int, v1: bool) -> _LayerSpans:
 
 
 def _map(path: str) -> mmap.mmap | bytes:
-    if not os.path.exists(path):
-        raise ParseError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ParseError(f"{path}: is a directory, not a caffemodel")
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise ParseError(f"{path}: empty file, not a caffemodel")
-        try:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # a pipe or a file system without mmap: read it instead
-            return f.read()
+    # Only regular files: a pipe or a device would block or never end. Mapped, so the size is the file's and
+    # every declared length below is checked against it before anything is read.
+    regular_file(path, "caffemodel")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise ParseError(f"{path}: empty file, not a caffemodel")
+            try:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system without mmap: read it instead
+                return f.read(size)
+    except OSError as exc:
+        raise ParseError(f"{path}: cannot read the caffemodel ({exc.strerror or exc})") from None
 
 
 def _scan(source: str) -> Iterator[tuple[_LayerSpans, list[WireBlob], bool]]:
