@@ -221,6 +221,16 @@ def _log(layer: Layer, bottoms: list[Shape]) -> None:
     _base(layer, "log", layer.param.log_param.base)
 
 
+def _reshape(layer: Layer, bottoms: list[Shape]) -> None:
+    dims = list(layer.param.reshape_param.shape.dim)
+    # reshape_layer.cpp, LayerSetUp: 0 copies a bottom axis, one -1 is inferred, other sizes are taken as given
+    # (and Blob::Reshape refuses negative ones).
+    if any(d < -1 for d in dims) or dims.count(-1) > 1:
+        raise _fail(layer, f"reshape dims {_cut(str(dims))} may hold sizes, 0 (copy) and one -1 (infer) only")
+    if len(dims) > MAX_AXES:
+        raise _fail(layer, f"reshape has {len(dims)} dims, more than Caffe's {MAX_AXES}")
+
+
 def _input(layer: Layer, bottoms: list[Shape]) -> None:
     for top, shape in zip(layer.tops, layer.param.input_param.shape):
         if not len(shape.dim):
@@ -237,6 +247,7 @@ PARAM_CHECKS = {
     "Exp": _exp,
     "Log": _log,
     "Input": _input,
+    "Reshape": _reshape,
 }
 
 

@@ -11,8 +11,6 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ninport.caffe import caffe_pb2
 from ninport.caffe.checks import check_layer, check_result
 from ninport.caffe.net import Layer, Net
@@ -42,7 +40,7 @@ def rule(*types: str) -> Callable[[Rule], Rule]:
 
 
 def _count(shape: Shape) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(int(d) for d in shape)  # Python integers: no silent int64 wrap-around
 
 
 def _axis(axis: int, ndim: int, layer: Layer, what: str = "axis") -> int:
