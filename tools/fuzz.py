@@ -336,6 +336,7 @@ def run_case(seed: int, mode: str, folder: str) -> dict:
 
 
 def _worker(seeds, mode: str, memory_mb: int, timeout: float, queue) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     if memory_mb:
         limit = memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -403,9 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     findings: list[dict] = []
     done = 0
     started = time.time()
+    every = 5000 if args.mode == "load" else 100
     while done < len(seeds):
         try:
             kind, seed, payload = queue.get(timeout=1.0)
+        except KeyboardInterrupt:  # stop early (Ctrl-C, kill -INT): summarize what ran
+            print("interrupted", flush=True)
+            break
         except Exception:  # queue.Empty: look for hung or dead workers
             kind = None
         if kind == "start":
@@ -418,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                 findings.append(payload)
                 key = (payload["result"], payload.get("kind", payload.get("detail", "")), payload.get("where", ""))
                 internal[key].append(seed)
-            if done % 5000 == 0:
+            if done % every == 0:
                 print(f"{done} cases, {dict(counts)}, {time.time() - started:.0f} s", flush=True)
         now = time.time()
         for index, (proc, todo) in list(workers.items()):
@@ -440,9 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     workers.pop(index)
     for proc, _ in workers.values():
-        proc.join(timeout=10)
+        proc.kill() if done < len(seeds) else proc.join(timeout=10)
     elapsed = time.time() - started
-    print(f"\n{len(seeds)} cases ({args.mode}, seeds {args.start}..{args.start + len(seeds) - 1}) in {elapsed:.0f} s "
+    print(f"\n{done} of {len(seeds)} cases ({args.mode}, seeds from {args.start}) in {elapsed:.0f} s "
           f"with {args.procs} processes: {dict(counts)}")
     for (result, kind, where), cases in sorted(internal.items(), key=lambda kv: -len(kv[1])):
         print(f"  {len(cases):6d}  {result:10s} {kind} {where}   e.g. --replay {cases[0]}")

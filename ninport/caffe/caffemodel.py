@@ -69,10 +69,10 @@ MAX_MESSAGE_BYTES = (2 << 30) - 1
 
 def _read_bytes(path: str | os.PathLike, what: str) -> bytes:
     path = os.fspath(path)
-    regular_file(path, what, MAX_MESSAGE_BYTES)
+    size = regular_file(path, what, MAX_MESSAGE_BYTES)
     try:
         with open(path, "rb") as f:
-            return f.read(MAX_MESSAGE_BYTES + 1)
+            return f.read(size)
     except OSError as exc:
         raise ParseError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 

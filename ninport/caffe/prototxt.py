@@ -79,10 +79,10 @@ def regular_file(path: str | os.PathLike, what: str, max_bytes: int | None = Non
 
 def read_text(path: str | os.PathLike) -> str:
     path = os.fspath(path)
-    regular_file(path, "prototxt file", MAX_PROTOTXT_BYTES)
+    size = regular_file(path, "prototxt file", MAX_PROTOTXT_BYTES)
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_PROTOTXT_BYTES + 1)
+            data = f.read(min(size, MAX_PROTOTXT_BYTES) + 1)  # read() would reserve its whole argument first
     except OSError as exc:
         raise ParseError(f"{path}: cannot read the prototxt file ({exc.strerror or exc})") from None
     if len(data) > MAX_PROTOTXT_BYTES:  # it grew while we looked
@@ -91,9 +91,29 @@ def read_text(path: str | os.PathLike) -> str:
         raise ParseError(f"{path}: binary data where a text prototxt was expected (is it a caffemodel?)")
     try:
         # utf-8-sig: a byte order mark (as Windows editors write it) is not part of the text
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ParseError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    _check_line_lengths(text, path)
+    return text
+
+
+# protobuf's text parser needs some 150 bytes per character of a line (measured on a long quoted name), so a
+# line is bounded well below the file: published prototxts have lines of at most a few KB.
+MAX_LINE_CHARS = 1 << 20
+
+
+def _check_line_lengths(text: str, path: str) -> None:
+    start, line = 0, 1
+    while True:
+        end = text.find("\n", start)
+        stop = len(text) if end < 0 else end
+        if stop - start > MAX_LINE_CHARS:
+            raise ParseError(f"{path}:{line}: a line of {stop - start:,} characters; ninport reads lines of at most "
+                             f"{MAX_LINE_CHARS:,} (is this a prototxt?)")
+        if end < 0:
+            return
+        start, line = end + 1, line + 1
 
 
 def parse_text(text: str, message: Message, path: str = "<text>", hint: bool = True) -> Message:
