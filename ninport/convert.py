@@ -11,7 +11,15 @@ from ninport.caffe.load import attach_weights, read_net
 from ninport.caffe.shapes import infer_shapes
 from ninport.errors import NinportError
 from ninport.inspect import spatial_trace
-from ninport.outputs import atomic_write_bytes, check_outputs, make_folder, publish, remove_quietly, temp_path
+from ninport.outputs import (
+    atomic_write_bytes,
+    check_outputs,
+    make_folder,
+    protecting,
+    publish,
+    remove_quietly,
+    temp_path,
+)
 
 
 @dataclass
@@ -117,6 +125,8 @@ def convert(
 
     hidden = hidden_pt = None
     done = False
+    guard = protecting([prototxt, caffemodel, caffe_proto])
+    guard.__enter__()
     try:
         net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
         preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
@@ -142,6 +152,7 @@ def convert(
         if not done and hidden is not None and os.path.exists(data_file):
             remove_quietly(data_file)
         remove_quietly(hidden, hidden_pt)
+        guard.__exit__(None, None, None)
         if worker is not None:
             worker.close()
     return ConvertResult(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from ninport.errors import OutputError
 
@@ -22,6 +23,33 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return info.st_dev, info.st_ino
+
+
+# Input files of the commands running in this process: no atomic write may replace one of them.
+_PROTECTED: list[tuple[str, tuple[int, int] | None, str]] = []
+
+
+@contextmanager
+def protecting(inputs: Iterable[str | os.PathLike | None]) -> Iterator[None]:
+    """While the block runs, every ``atomic_write_bytes`` and ``publish`` refuses to replace one of ``inputs``
+    (by real path or inode): a net that names its own weights as a snapshot cannot overwrite them."""
+    entries = [(os.path.realpath(os.fspath(p)), _identity(os.fspath(p)), os.fspath(p)) for p in inputs
+               if p is not None]
+    _PROTECTED.extend(entries)
+    try:
+        yield
+    finally:
+        for entry in entries:
+            _PROTECTED.remove(entry)
+
+
+def _guard(path: str) -> None:
+    if not _PROTECTED:
+        return
+    real, ident = os.path.realpath(path), _identity(path)
+    for p_real, p_ident, name in _PROTECTED:
+        if real == p_real or (ident is not None and ident == p_ident):
+            raise OutputError(f"{path}: this output would overwrite the input {name}; choose another path")
 
 
 def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None]) -> None:
@@ -110,6 +138,7 @@ def fsync_file(path: str) -> None:
 def publish(tmp: str, path: str | os.PathLike) -> None:
     """Make a finished temporary file ``tmp`` the file ``path``: flushed to disk, then renamed over it."""
     path = os.fspath(path)
+    _guard(path)
     try:
         fsync_file(tmp)
         os.replace(tmp, path)
@@ -130,6 +159,7 @@ def remove_quietly(*paths: str | None) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file whole or not at all: a temporary name beside it, fsync, then a rename."""
     path = os.fspath(path)
+    _guard(path)
     tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
