@@ -124,3 +124,13 @@ def test_atomic_write_leaves_no_temporary_on_failure(tmp_path):
     with pytest.raises(OutputError):
         atomic_write_bytes(tmp_path / "missing" / "y.bin", b"two")
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_a_layer_name_torch_cannot_hold_is_one_line_and_leaves_nothing(tmp_path, model):
+    proto, weights = model
+    dotted = tmp_path / "dotted.prototxt"
+    dotted.write_text(NET.replace('name: "relu"', 'name: "relu.1"'))
+    before = _snapshot(tmp_path)
+    with pytest.raises(NinportError, match="'relu.1' \\(ReLU\\): a '.' in a layer name"):
+        _convert(dotted, weights, tmp_path / "m.onnx")
+    assert _snapshot(tmp_path) == before
