@@ -137,8 +137,17 @@ def convert(
         # Export to hidden names beside the outputs first, so that a failing .pt write leaves no lone .onnx.
         hidden, hidden_pt = temp_path(output), temp_path(pt_path)
         # A model over 2 GB keeps its tensors in OUT.onnx.data, named for the final file from the start.
-        pending = start_export(module, hidden, opset=opset, dynamic_batch=not static_batch, tolerance=tolerance,
-                               metadata=digests(), worker=worker, data_location=external_data_name(output))
+        try:
+            pending = start_export(module, hidden, opset=opset, dynamic_batch=not static_batch,
+                                   tolerance=tolerance, metadata=digests(), worker=worker,
+                                   data_location=external_data_name(output))
+        except RuntimeError as exc:
+            if static_batch:
+                raise
+            # A layer that cuts or fixes the batch axis (a Slice along axis 0) runs at its declared batch only.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NinportError(f"{prototxt}: the net does not run at batch 1 as a dynamic batch needs ({first}); "
+                               "convert with --static-batch") from None
         save_pt(module, hidden_pt)  # while the helper checks the ONNX file and runs it in onnxruntime
         result = pending.finish()
         if fp16 and "external_data" in result.metadata:
