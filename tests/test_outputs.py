@@ -134,3 +134,16 @@ def test_a_layer_name_torch_cannot_hold_is_one_line_and_leaves_nothing(tmp_path,
     with pytest.raises(NinportError, match="'relu.1' \\(ReLU\\): a '.' in a layer name"):
         _convert(dotted, weights, tmp_path / "m.onnx")
     assert _snapshot(tmp_path) == before
+
+
+def test_a_net_bound_to_its_batch_is_one_line_under_a_dynamic_batch(tmp_path):
+    proto = tmp_path / "slice.prototxt"
+    proto.write_text('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }\n'
+                     'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b" '
+                     'slice_param { axis: 0 slice_point: 1 } }\n')
+    weights = tmp_path / "w.caffemodel"
+    write_caffemodel(weights, [("s", "Slice", [])])
+    before = _snapshot(tmp_path)
+    with pytest.raises(NinportError, match="--static-batch"):
+        _convert(proto, weights, tmp_path / "m.onnx")
+    assert _snapshot(tmp_path) == before
