@@ -130,6 +130,11 @@ def convert(
     try:
         net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
         preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
+        unread = [name for name in net.outputs if name in net.inputs]
+        if unread:
+            # Caffe keeps an input nobody reads as a net output; ONNX export drops such a pass-through.
+            raise NinportError(f"{net.source}: input(s) {unread} are read by no layer (Caffe returns them as "
+                               "outputs); ninport cannot export an input as an output: remove them or read them")
         shapes = infer_shapes(net)
         attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
         module = build_module(net, shapes)

@@ -147,3 +147,14 @@ def test_a_net_bound_to_its_batch_is_one_line_under_a_dynamic_batch(tmp_path):
     with pytest.raises(NinportError, match="--static-batch"):
         _convert(proto, weights, tmp_path / "m.onnx")
     assert _snapshot(tmp_path) == before
+
+
+def test_an_input_nobody_reads_is_one_line_at_convert(tmp_path, model):
+    # Caffe (and ninport's inspect) keep it as a net output; an ONNX graph drops such a pass-through.
+    _, weights = model
+    proto = tmp_path / "unread.prototxt"
+    proto.write_text(NET + 'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n')
+    before = _snapshot(tmp_path)
+    with pytest.raises(NinportError, match=r"input\(s\) \['x'\] are read by no layer"):
+        _convert(proto, weights, tmp_path / "m.onnx")
+    assert _snapshot(tmp_path) == before
