@@ -17,7 +17,6 @@ from ninport.outputs import (
     make_folder,
     protecting,
     publish,
-    remove_empty,
     remove_quietly,
     temp_path,
 )
@@ -125,7 +124,6 @@ def convert(
     from ninport.torch.registry import preflight
 
     hidden = hidden_pt = None
-    created: list[str] = []
     done = False
     guard = protecting([prototxt, caffemodel, caffe_proto])
     guard.__enter__()
@@ -140,7 +138,7 @@ def convert(
         shapes = infer_shapes(net)
         attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
         module = build_module(net, shapes)
-        created = make_folder(folder)
+        make_folder(folder)
         # Export to hidden names beside the outputs first, so that a failing .pt write leaves no lone .onnx.
         hidden, hidden_pt = temp_path(output), temp_path(pt_path)
         # A model over 2 GB keeps its tensors in OUT.onnx.data, named for the final file from the start.
@@ -168,8 +166,6 @@ def convert(
         if not done and hidden is not None and os.path.exists(data_file):
             remove_quietly(data_file)
         remove_quietly(hidden, hidden_pt)
-        if not done:
-            remove_empty(created)
         guard.__exit__(None, None, None)
         if worker is not None:
             worker.close()

@@ -92,27 +92,11 @@ def check_folder(folder: str, out: str | None = None) -> None:
         raise OutputError(f"{what}: cannot write here, the directory {probe} is not writable")
 
 
-def make_folder(folder: str) -> list[str]:
-    """Create ``folder`` and its missing parents; return the directories created, deepest first."""
-    created = []
-    probe = os.path.abspath(folder or ".")
-    while not os.path.exists(probe):
-        created.append(probe)
-        probe = os.path.dirname(probe)
+def make_folder(folder: str) -> None:
     try:
         os.makedirs(folder or ".", exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot create the output directory ({exc.strerror or exc})") from None
-    return created
-
-
-def remove_empty(folders: list[str]) -> None:
-    """Remove directories ``make_folder`` created, deepest first, as long as they are empty."""
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
 
 
 def temp_path(path: str | os.PathLike, suffix: str = "") -> str:
