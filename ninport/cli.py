@@ -62,6 +62,9 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(1)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            ctx.exit(BROKEN_PIPE_STATUS)
         except KeyboardInterrupt:
             click.echo("Interrupted", err=True)
             ctx.exit(130)
@@ -71,6 +74,20 @@ class _Group(click.Group):
             click.echo(f"Error: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
                        err=True)
             ctx.exit(2)
+
+
+# What a shell reports for a process ended by SIGPIPE (128 + 13): `ninport inspect ... | head` ends quietly.
+BROKEN_PIPE_STATUS = 141
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of stdout went away: point stdout at /dev/null so that the final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -290,8 +307,15 @@ def console_main() -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        code = BROKEN_PIPE_STATUS
+    try:
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
     if "torch" in sys.modules:
         os._exit(code)
     sys.exit(code)

@@ -11,6 +11,15 @@ from ninport.caffe.load import attach_weights, read_net
 from ninport.caffe.shapes import infer_shapes
 from ninport.errors import NinportError
 from ninport.inspect import spatial_trace
+from ninport.outputs import (
+    atomic_write_bytes,
+    check_outputs,
+    make_folder,
+    protecting,
+    publish,
+    remove_quietly,
+    temp_path,
+)
 
 
 @dataclass
@@ -101,39 +110,63 @@ def convert(
 
     ``dynamic_hw``: H and W become symbolic in the ONNX graph and the module takes any size, checked at two
     other sizes against modules built for them; a layer that pins the size is named in the error.
+
+    Every output path (the ONNX file, the .pt and the .onnx.data beside it) is checked against the inputs
+    before any work: none may resolve to an input file, and ``output`` may not be a directory.
     """
     start = time.perf_counter()
+    output = os.fspath(output) if output else default_output(caffemodel)
+    pt_path = os.path.splitext(output)[0] + ".pt"
+    folder = os.path.dirname(output)
+    from ninport.onnx.export import external_data_name
+
+    data_file = os.path.join(folder or ".", external_data_name(output))
+    check_outputs([output, pt_path, data_file], [prototxt, caffemodel, caffe_proto])
     # Two cores against one import floor: a helper process imports onnx and onnxruntime (and later checks the
     # ONNX file) and a thread hashes the source files for the metadata, while this process imports torch.
     from ninport.onnx.runtime import start_check_worker
 
     worker = start_check_worker()
     digests = _hash_in_background(prototxt, caffemodel)
-    from ninport.onnx.export import external_data_name, start_export
+    from ninport.onnx.export import start_export
     from ninport.torch.build import build_module, save_pt
     from ninport.torch.registry import preflight
 
-    net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
-    preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
-    shapes = infer_shapes(net)
-    probes = []
-    if dynamic_hw:
-        from ninport.caffe.dynamic import check_dynamic_hw
-
-        probes = check_dynamic_hw(net, shapes)
-    attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
-    output = os.fspath(output) if output else default_output(caffemodel)
-    pt_path = os.path.splitext(output)[0] + ".pt"
-    module = build_module(net, shapes, dynamic_hw=dynamic_hw)
-    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-    # Export to a hidden name first so that a failing .pt write leaves no lone .onnx behind.
-    hidden = os.path.join(os.path.dirname(output) or ".", f".{os.path.basename(output)}.ninport-tmp")
-    hidden_pt = f"{hidden}.pt"
+    hidden = hidden_pt = None
     done = False
+    guard = protecting([prototxt, caffemodel, caffe_proto])
+    guard.__enter__()
     try:
+        net = read_net(prototxt, phase=phase, input_shape=input_shape, caffe_proto=caffe_proto)
+        preflight(net)  # every unconvertible layer at once, before shapes or weights are looked at
+        unread = [name for name in net.outputs if name in net.inputs]
+        if unread:
+            # Caffe keeps an input nobody reads as a net output; ONNX export drops such a pass-through.
+            raise NinportError(f"{net.source}: input(s) {unread} are read by no layer (Caffe returns them as "
+                               "outputs); ninport cannot export an input as an output: remove them or read them")
+        shapes = infer_shapes(net)
+        probes = []
+        if dynamic_hw:
+            from ninport.caffe.dynamic import check_dynamic_hw
+
+            probes = check_dynamic_hw(net, shapes)
+        attach_weights(net, caffemodel, shapes, caffe_proto=caffe_proto)
+        module = build_module(net, shapes, dynamic_hw=dynamic_hw)
+        make_folder(folder)
+        # Export to hidden names beside the outputs first, so that a failing .pt write leaves no lone .onnx.
+        hidden, hidden_pt = temp_path(output), temp_path(pt_path)
         # A model over 2 GB keeps its tensors in OUT.onnx.data, named for the final file from the start.
-        pending = start_export(module, hidden, opset=opset, dynamic_batch=not static_batch, tolerance=tolerance,
-                               metadata=digests(), worker=worker, data_location=external_data_name(output))
+        try:
+            pending = start_export(module, hidden, opset=opset, dynamic_batch=not static_batch,
+                                   tolerance=tolerance, metadata=digests(), worker=worker,
+                                   data_location=external_data_name(output))
+        except RuntimeError as exc:
+            if static_batch:
+                raise
+            # A layer that cuts or fixes the batch axis (a Slice along axis 0) runs at its declared batch only.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NinportError(f"{prototxt}: the net does not run at batch 1 as a dynamic batch needs ({first}); "
+                               "convert with --static-batch") from None
         save_pt(module, hidden_pt)  # while the helper checks the ONNX file and runs it in onnxruntime
         result = pending.finish()
         sizes_checked = []
@@ -145,16 +178,14 @@ def convert(
             raise NinportError("--fp16 is not supported for models over 2 GB (external data)")
         if fp16:
             result.parity = _to_float16(module, hidden, static_batch)
-        os.replace(hidden_pt, pt_path)
-        os.replace(hidden, output)
+        publish(hidden_pt, pt_path)
+        publish(hidden, output)
         done = True
     finally:
-        data_file = os.path.join(os.path.dirname(output) or ".", external_data_name(output))
-        if not done and os.path.exists(data_file):
-            os.unlink(data_file)
-        for leftover in (hidden, hidden_pt):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        if not done and hidden is not None and os.path.exists(data_file):
+            remove_quietly(data_file)
+        remove_quietly(hidden, hidden_pt)
+        guard.__exit__(None, None, None)
         if worker is not None:
             worker.close()
     return ConvertResult(
@@ -180,7 +211,6 @@ def _to_float16(module, path: str, static_batch: bool) -> list:
     checking the half-precision graph against the torch module at a tolerance suited to float16."""
     import onnx
 
-    from ninport.caffe.caffemodel import atomic_write_bytes
     from ninport.onnx.export import check_parity
     from ninport.onnx.float16 import FP16_RTOL, to_float16
 

@@ -6,9 +6,19 @@ that line and exits non-zero, the traceback only with ``--debug``.
 
 from __future__ import annotations
 
+# An error line quotes at most this much of what it names (a layer name, a line of the file), whole or cut.
+MAX_MESSAGE = 600
+
 
 class NinportError(Exception):
     """Base class: a problem with the user's input or environment, reported as one line."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if len(text) > MAX_MESSAGE:
+            # Keep the start (file, line, layer) and the end (what is wrong) of an over-long line.
+            text = f"{text[:MAX_MESSAGE * 2 // 3]} ...[{len(text):,} chars cut]... {text[-MAX_MESSAGE // 4:]}"
+        return text.replace("\n", " ")
 
 
 class ParseError(NinportError):
@@ -36,6 +46,10 @@ class ShapeError(NinportError):
 
 class WeightsError(ShapeError):
     """Weights missing, extra, or of the wrong shape for the net they are loaded into."""
+
+
+class OutputError(NinportError):
+    """An output path that cannot be written, or that would overwrite an input."""
 
 
 class ParityError(NinportError):

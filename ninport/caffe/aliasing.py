@@ -156,8 +156,9 @@ def share_in_place_writes(net: Net, shapes: Callable[[], dict[str, Shape]] | Non
     # so they do not turn into net outputs.
     while True:
         read = {b for layer in out for b in layer.bottoms}
+        made_aliases = {k[0] for k in made}  # a set: the test below stays linear in the number of tops
         dead = {top for layer in out if shares_memory(layer) for top in layer.tops
-                if top not in read and (top in consumed_before or any(k[0] == top for k in made))}
+                if top not in read and (top in consumed_before or top in made_aliases)}
         if not dead:
             break
         kept: list[Layer] = []

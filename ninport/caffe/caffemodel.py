@@ -7,6 +7,7 @@ numpy arrays; writers produce either layout so tests can feed ninport every form
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 
@@ -14,7 +15,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from ninport.caffe import caffe_pb2
+from ninport.caffe.prototxt import regular_file
 from ninport.errors import ParseError
+from ninport.outputs import atomic_write_bytes
 
 # Caffe's V1LayerParameter.LayerType enum names, keyed by the V2 type string (upgrade_proto.cpp).
 V1_TYPE_NAMES = {
@@ -60,14 +63,18 @@ V1_TYPE_NAMES = {
 }
 
 
+# protobuf's own limit on one message: a larger binary file cannot be a caffemodel or binaryproto.
+MAX_MESSAGE_BYTES = (2 << 30) - 1
+
+
 def _read_bytes(path: str | os.PathLike, what: str) -> bytes:
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ParseError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ParseError(f"{path}: is a directory, not a {what}")
-    with open(path, "rb") as f:
-        return f.read()
+    size = regular_file(path, what, MAX_MESSAGE_BYTES)
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise ParseError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def read_caffemodel(path: str | os.PathLike) -> caffe_pb2.NetParameter:
@@ -103,7 +110,7 @@ def blob_to_array(blob: caffe_pb2.BlobProto, legacy_ok: bool = True) -> np.ndarr
     if shape is None:
         # No shape at all is how Caffe's Blob::ToProto writes a 0-axis blob.
         return values.reshape(()) if values.size == 1 else values
-    if int(np.prod(shape, dtype=np.int64)) != values.size:
+    if any(d < 0 for d in shape) or math.prod(shape) != values.size:
         raise ParseError(f"blob declares shape {list(shape)} but holds {values.size} values")
     return values.reshape(shape)
 
@@ -186,19 +193,6 @@ def write_caffemodel(
         for array in blobs:
             layer.blobs.append(array_to_blob(array, legacy=layout == "v1"))
     atomic_write_bytes(path, net.SerializeToString())
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file whole or not at all: a temporary name beside it, then a rename."""
-    path = os.fspath(path)
-    tmp = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_binaryproto(path: str | os.PathLike, array: np.ndarray, legacy: bool = True) -> None:

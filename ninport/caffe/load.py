@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ninport.caffe import caffe_pb2, dialects
 from ninport.caffe.aliasing import share_in_place_writes
-from ninport.caffe.caffemodel import blob_is_legacy, blob_to_array
+from ninport.caffe.checks import _cut, check_writers
 from ninport.caffe.fork import ForkField
 from ninport.caffe.net import Net
 from ninport.caffe.prototxt import read_prototxt
@@ -54,6 +55,7 @@ def read_net(
                                       [(layer, path) for layer, path, _, _ in rewrites],
                                       {x.name: net.where(x) for x in net.layers})
     dialects.check_refused([(x.name, x.type, x.param, net.where(x)) for x in net.layers])
+    check_writers(net)  # Caffe's "produced by multiple sources" and no-in-place rules, on Caffe's names
     share_in_place_writes(net)  # Caffe's Split/Flatten/Reshape tops share memory with their bottom
     return net
 
@@ -67,24 +69,52 @@ def weights_by_layer(model: caffe_pb2.NetParameter, source: str) -> dict[str, li
     return out
 
 
-def _fit(blob: caffe_pb2.BlobProto | WireBlob, expected: tuple[int, ...]) -> np.ndarray | None:
-    """The blob as an array of the expected shape, or None when it does not fit.
-
-    A legacy blob fits when its 4-D dims equal the expected shape padded with leading ones, which is the
-    test Caffe's Blob::ShapeEquals makes when it loads weights.
-    """
+def _declared(blob: caffe_pb2.BlobProto | WireBlob) -> tuple[tuple[int, ...] | None, tuple[int, ...]]:
+    """(legacy num/channels/height/width when any is set, else None; the ``shape`` dims, () when absent)."""
     if isinstance(blob, WireBlob):
-        array, legacy, has_shape = blob.to_array(), blob.is_legacy, blob.shape is not None
+        return blob.legacy_dims, tuple(blob.shape or ())
+    fields = ("num", "channels", "height", "width")
+    legacy = tuple(int(getattr(blob, f)) for f in fields) if any(blob.HasField(f) for f in fields) else None
+    return legacy, tuple(int(d) for d in blob.shape.dim)
+
+
+def _values(blob: caffe_pb2.BlobProto | WireBlob) -> np.ndarray:
+    """The flat values; ``double_data`` wins when it holds any (Blob::FromProto)."""
+    if isinstance(blob, WireBlob):
+        return blob.array
+    if len(blob.double_data):
+        return np.asarray(blob.double_data, dtype=np.float64)
+    return np.asarray(blob.data, dtype=np.float32)
+
+
+def _fit(blob: caffe_pb2.BlobProto | WireBlob, expected: tuple[int, ...]) -> np.ndarray | None:
+    """The blob's values in the net's shape ``expected``, or None when Caffe would refuse to copy it.
+
+    Caffe's ``Blob::ShapeEquals`` (caffe/src/caffe/blob.cpp) decides: when any legacy dim is set, the legacy
+    num/channels/height/width must equal the net's shape padded in front with 1s to 4 axes (a net blob of
+    more than 4 axes never matches); otherwise the ``shape`` dims must equal it exactly, and a blob without a
+    ``shape`` message is a 0-axis blob. ``Blob::FromProto`` then needs exactly that many values; nothing is
+    reshaped or copied before both hold.
+    """
+    legacy, shape = _declared(blob)
+    if legacy is not None:
+        fits = len(expected) <= 4 and legacy == (1,) * (4 - len(expected)) + tuple(expected)
     else:
-        array, legacy, has_shape = blob_to_array(blob), blob_is_legacy(blob), blob.HasField("shape")
-    if legacy:
-        if len(expected) <= 4 and tuple(array.shape) == (1,) * (4 - len(expected)) + tuple(expected):
-            return array.reshape(expected)
+        fits = shape == tuple(expected)
+    if not fits:
         return None
-    if not has_shape:
-        # Caffe's Blob::ToProto writes no shape message for a 0-axis blob (a scalar Scale factor).
-        return array.reshape(expected) if array.size == int(np.prod(expected, dtype=np.int64)) else None
-    return array if tuple(array.shape) == tuple(expected) else None
+    values = _values(blob)
+    count = math.prod(expected)
+    if values.size != count:
+        raise ParseError(f"the blob holds {values.size:,} values, its {_describe(blob)} declares {count:,}")
+    return values.reshape(expected)
+
+
+def _describe(blob: caffe_pb2.BlobProto | WireBlob) -> str:
+    legacy, shape = _declared(blob)
+    if legacy is not None:
+        return f"legacy num/channels/height/width {_cut(str(list(legacy)))}"
+    return f"shape {_cut(str(list(shape)))}" if shape else "no shape (a 0-axis blob)"
 
 
 def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | None = None,
@@ -136,9 +166,9 @@ def attach_weights(net: Net, caffemodel: str | os.PathLike, shapes: NetShapes | 
             except ParseError as exc:
                 raise WeightsError(f"{what} blob {index} in {source}: {exc}") from None
             if array is None:
-                have = list((blob.to_array() if isinstance(blob, WireBlob) else blob_to_array(blob)).shape)
                 raise WeightsError(
-                    f"{what} blob {index}: {net.source} needs shape {list(shape)}, {source} has {have}"
+                    f"{what} blob {index}: {net.source} needs shape {list(shape)}, {source} has {_describe(blob)} "
+                    "(Caffe's Blob::ShapeEquals refuses it)"
                 )
             # asarray: a float32 blob stays a read-only view of the mapped file (torch copies it when it
             # builds the module); keeps 0-D blobs 0-D.

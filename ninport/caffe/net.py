@@ -77,18 +77,20 @@ class Net:
         net that silences its last blob (colorization) still means it as its result.
         """
         consumed = {b for layer in self.layers if layer.type != "Silence" for b in layer.bottoms}
-        outs: list[str] = []
+        outs: dict[str, None] = {}  # an ordered set: linear in the number of tops
         for layer in self.layers:
-            outs.extend(t for t in layer.tops if t not in consumed and t not in outs)
-        return outs
+            for t in layer.tops:
+                if t not in consumed:
+                    outs.setdefault(t)
+        return list(outs)
 
     def caffe_name(self, blob: str) -> str:
         """Caffe's name of a blob version (``conv1@conv1`` is Caffe's ``conv1`` before its in-place ReLU)."""
+        names: dict[str, str] = {}
         for layer in self.layers:
             for top, caffe_top in zip(layer.tops, layer.caffe_tops):
-                if top == blob:
-                    return caffe_top
-        return blob
+                names.setdefault(top, caffe_top)
+        return names.get(blob, blob)
 
     def producers(self) -> dict[str, Layer]:
         return {top: layer for layer in self.layers for top in layer.tops}

@@ -11,9 +11,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ninport.caffe import caffe_pb2
+from ninport.caffe.checks import check_layer, check_result
 from ninport.caffe.net import Layer, Net
 from ninport.errors import NetError, ShapeError, UnsupportedLayerError
 
@@ -41,7 +40,7 @@ def rule(*types: str) -> Callable[[Rule], Rule]:
 
 
 def _count(shape: Shape) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(int(d) for d in shape)  # Python integers: no silent int64 wrap-around
 
 
 def _axis(axis: int, ndim: int, layer: Layer, what: str = "axis") -> int:
@@ -548,9 +547,14 @@ def infer_shapes(net: Net) -> NetShapes:
     for layer in net.layers:
         bottoms = [blobs[b] for b in layer.bottoms]
         try:
+            check_layer(layer, bottoms)  # Caffe's own refusals first (ninport.caffe.checks)
             shapes = RULES[layer.type](layer, bottoms)
+            if len(shapes.tops) == len(layer.tops):
+                check_result(layer, bottoms, shapes.tops, shapes.params)
         except ShapeError as exc:
             raise ShapeError(f"{net.where(layer)}: {exc}") from None
+        except NetError as exc:
+            raise NetError(f"{net.where(layer)}: {exc}") from None
         except (ValueError, IndexError) as exc:
             raise NetError(f"{net.where(layer)}: layer {layer.name!r} ({layer.type}): {exc}") from None
         if len(shapes.tops) != len(layer.tops):

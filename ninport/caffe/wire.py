@@ -6,6 +6,7 @@ run becomes a numpy view of the mapped file, so no per-float Python object and n
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ninport.caffe.prototxt import regular_file
 from ninport.errors import ParseError
 
 # Field numbers from protos/caffe.proto (the same as BVLC Caffe's src/caffe/proto/caffe.proto).
@@ -24,6 +26,7 @@ V0_NAME, V0_TYPE, V0_BLOBS = 1, 2, 50  # V0LayerParameter, wrapped in V1's field
 BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH = 1, 2, 3, 4  # BlobProto legacy 4-D dims
 BLOB_DATA, BLOB_DIFF, BLOB_SHAPE, BLOB_DOUBLE_DATA, BLOB_DOUBLE_DIFF = 5, 6, 7, 8, 9
 SHAPE_DIM = 1  # BlobShape.dim (packed int64)
+MAX_FIELD_NUMBER = (1 << 29) - 1  # protobuf's largest field number; a parser refuses a larger one as corrupt
 
 VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 
@@ -63,7 +66,7 @@ class WireBlob:
         if shape is None:
             # Caffe's Blob::ToProto writes no shape at all for a 0-axis blob (PReLU's channel_shared slope).
             return self.array.reshape(()) if self.array.size == 1 else self.array
-        if int(np.prod(shape, dtype=np.int64)) != self.array.size:
+        if any(d < 0 for d in shape) or math.prod(shape) != self.array.size:
             raise ParseError(f"blob declares shape {list(shape)} but holds {self.array.size} values")
         return self.array.reshape(shape)
 
@@ -90,10 +93,11 @@ def _fields(buf, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
     For varints the third item is the value; for the other wire types it is where the payload starts.
     """
     while pos < end:
+        key_at = pos
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _Corrupt(f"field number 0 at byte {pos}")
+        if not 0 < number <= MAX_FIELD_NUMBER:
+            raise _Corrupt(f"field number {number} at byte {key_at} is outside protobuf's range")
         if wire == VARINT:
             value, pos = _varint(buf, pos, end)
             yield number, wire, value, pos
@@ -120,6 +124,8 @@ def _skip_group(buf, pos: int, end: int, number: int) -> int:
     while pos < end:
         key, pos = _varint(buf, pos, end)
         inner, wire = key >> 3, key & 7
+        if not 0 < inner <= MAX_FIELD_NUMBER:
+            raise _Corrupt(f"field number {inner} at byte {pos} is outside protobuf's range")
         if wire == END_GROUP:
             if inner != number:
                 raise _Corrupt(f"group {number} closed by {inner} at byte {pos}")
@@ -205,6 +211,8 @@ def _blob(buf, start: int, end: int, layer_type) -> WireBlob:
         key_at = pos
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
+        if not 0 < number <= MAX_FIELD_NUMBER:
+            raise _Corrupt(f"field number {number} at byte {key_at} is outside protobuf's range")
         if wire == LENGTH:
             length, pos = _varint(buf, pos, end)
             stop = pos + length
@@ -214,6 +222,8 @@ def _blob(buf, start: int, end: int, layer_type) -> WireBlob:
                 floats.append(_packed(buf, pos, stop, _FLOAT32, number))
             elif number == BLOB_DOUBLE_DATA:
                 doubles.append(_packed(buf, pos, stop, _FLOAT64, number))
+            elif number in (BLOB_DIFF, BLOB_DOUBLE_DIFF):  # unread, but a packed run must be whole values
+                _packed(buf, pos, stop, _FLOAT32 if number == BLOB_DIFF else _FLOAT64, number)
             elif number == BLOB_SHAPE:
                 shape = (shape or []) + _dims(buf, pos, stop)  # repeated occurrences of a message merge
             pos = stop
@@ -270,7 +280,12 @@ def _layer(buf, start: int, end: int, v1: bool) -> _LayerSpans:
     layer_type: str | int | None = None
     blobs: list[tuple[int, int]] = []
     v0_spans: list[tuple[int, int]] = []
+    rest: list[tuple[int, int]] = []  # the raw bytes of every other field, for the schema check below
+    prev = start  # fields are contiguous: each one's raw bytes run from the previous end to its own end
     for number, wire, a, b in _fields(buf, start, end):
+        raw, prev = (prev, b), b
+        if not ((number == blobs_field or (v1 and number == V1_V0LAYER)) and wire == LENGTH):
+            rest.append(raw)
         if number == name_field and wire == LENGTH:
             name = _text(buf, a, b)
         elif number == type_field and wire == (VARINT if v1 else LENGTH):
@@ -279,6 +294,7 @@ def _layer(buf, start: int, end: int, v1: bool) -> _LayerSpans:
             blobs.append((a, b))
         elif v1 and number == V1_V0LAYER and wire == LENGTH:
             v0_spans.append((a, b))  # a message field seen twice merges: read every occurrence in order
+    _check_schema(buf, rest, "V1LayerParameter" if v1 else "LayerParameter")
     if not v0_spans:
         return _LayerSpans(name, layer_type, blobs, bool(name))
     # A V0 layer wrapped in V1's field 1: ninport's upgrade (like Caffe's UpgradeV0LayerParameter in
@@ -295,31 +311,53 @@ def _layer(buf, start: int, end: int, v1: bool) -> _LayerSpans:
     return _LayerSpans(name, layer_type, blobs, bool(v1_name or name))
 
 
+def _check_schema(buf, spans: list[tuple[int, int]], message: str) -> None:
+    """Parse the given raw fields (everything but the blobs: a few hundred bytes) with Caffe's schema, so that a
+    file protobuf (and so Caffe) would refuse as corrupt is refused here too, blobs unread."""
+    if not spans:
+        return
+    from google.protobuf.message import DecodeError
+
+    from ninport.caffe import caffe_pb2
+
+    try:
+        getattr(caffe_pb2, message)().ParseFromString(b"".join(bytes(buf[a:b]) for a, b in spans))
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise _Corrupt(f"a {message} that protobuf refuses ({exc})") from None
+
+
 def _map(path: str) -> mmap.mmap | bytes:
-    if not os.path.exists(path):
-        raise ParseError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ParseError(f"{path}: is a directory, not a caffemodel")
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise ParseError(f"{path}: empty file, not a caffemodel")
-        try:
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # a pipe or a file system without mmap: read it instead
-            return f.read()
+    # Only regular files: a pipe or a device would block or never end. Mapped, so the size is the file's and
+    # every declared length below is checked against it before anything is read.
+    regular_file(path, "caffemodel")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise ParseError(f"{path}: empty file, not a caffemodel")
+            try:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system without mmap: read it instead
+                return f.read(size)
+    except OSError as exc:
+        raise ParseError(f"{path}: cannot read the caffemodel ({exc.strerror or exc})") from None
 
 
 def _scan(source: str) -> Iterator[tuple[_LayerSpans, list[WireBlob], bool]]:
     """Yield ``(layer, its blobs, whether it is a legacy layers entry)`` for each layer, in file order."""
     buf = _map(source)
+    rest: list[tuple[int, int]] = []
+    prev = 0
     try:
         for number, wire, a, b in _fields(buf, 0, len(buf)):
+            raw, prev = (prev, b), b
             if wire != LENGTH or number not in (NET_LAYER, NET_LAYERS_V1):
+                rest.append(raw)
                 continue
             legacy = number == NET_LAYERS_V1
             layer = _layer(buf, a, b, v1=legacy)
             yield layer, [_blob(buf, s, e, layer.layer_type) for s, e in layer.blobs], legacy
+        _check_schema(buf, rest, "NetParameter")
     except _Corrupt as exc:
         raise ParseError(f"{source}: not a valid caffemodel (truncated or corrupt: {exc})") from None
 

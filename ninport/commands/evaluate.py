@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -56,6 +57,12 @@ def evaluate(model: tuple[str, ...], dataset: str, data_path: str | None, split:
     from ninport.reproduce.evaluate import evaluate as run_evaluation
     from ninport.reproduce.evaluate import write_report
 
+    if output_dir:
+        from ninport.outputs import check_outputs
+        from ninport.reproduce.evaluate import REPORT_NAME
+
+        check_outputs([os.path.join(output_dir, f"{REPORT_NAME}.{kind}") for kind in ("md", "json", "png")],
+                      [*model, data_path, mean_file])
     progress = not as_json and sys.stderr.isatty()
     result = run_evaluation(list(model), dataset, data_path, split=split, crops=crops, batch_size=batch_size,
                             provider=provider, compare_method=compare_method, tolerance=tolerance,

@@ -47,8 +47,13 @@ def train(solver: str, output_dir: str | None, nproc: int, resume: str | None, w
     from ninport.reproduce.train import train as run_train
 
     progress = not as_json and sys.stderr.isatty()
-    metrics = run_train(solver, output_dir=output_dir, nproc=nproc, resume=resume, weights=list(weights),
-                        progress=progress, device=device, threads=threads, seed=seed)
+    from ninport.outputs import check_folder, protecting
+
+    if output_dir:
+        check_folder(output_dir)
+    with protecting([solver, resume, *weights]):  # snapshots never replace the files training reads
+        metrics = run_train(solver, output_dir=output_dir, nproc=nproc, resume=resume, weights=list(weights),
+                            progress=progress, device=device, threads=threads, seed=seed)
     if not metrics:  # a non-zero rank under torchrun: rank 0 reports
         return
     if as_json:

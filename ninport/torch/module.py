@@ -13,6 +13,7 @@ from torch import nn
 
 from ninport.caffe.net import Net
 from ninport.caffe.shapes import NetShapes
+from ninport.errors import NetError
 from ninport.torch.registry import build_layer, preflight
 
 
@@ -41,6 +42,9 @@ class CaffeNet(nn.Module):
             self.layer_types[layer.name] = layer.type
             if layer.type == "Input":
                 continue
+            if "." in layer.name:  # torch's add_module refuses it; a clear line instead of its KeyError
+                raise NetError(f"{net.where(layer)}: layer {layer.name[:80]!r} ({layer.type}): a '.' in a layer "
+                               "name cannot name a PyTorch module; rename the layer to convert it")
             self.add_module(layer.name, build_layer(layer, net, shapes, dynamic_hw=dynamic_hw))
             self.plan.append((layer.name, list(layer.bottoms), list(layer.tops)))
 
