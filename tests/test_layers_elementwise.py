@@ -159,11 +159,13 @@ def test_prelu_channel_shared_by_hand(tmp_path: Path):
     # One slope, 0.25, for both channels: -2 → -0.5, -1 → -0.25, 0 → 0, positives unchanged.
     text = (input_header(data=(1, 2, 1, 3))
             + layer_text("prelu", "PReLU", ["data"], ["prelu"], "prelu_param { channel_shared: true }"))
-    net = LayerNet(tmp_path, text, blobs=[("prelu", "PReLU", [np.array([0.25])])])
+    # The slope is a 0-axis blob, as Caffe's prelu_layer.cpp makes it.
+    net = LayerNet(tmp_path, text, blobs=[("prelu", "PReLU", [np.array(0.25)])])
     assert tuple(net.module.state_dict()["prelu.weight"].shape) == (1,)
     x = np.array([[[[-2.0, -1.0, 0.0]], [[1.0, 2.0, -4.0]]]], dtype=np.float32)
     expected = np.array([[[[-0.5, -0.25, 0.0]], [[1.0, 2.0, -1.0]]]])
-    check_backends(net, {"data": x}, [expected], opencv=True)
+    # OpenCV's importer cannot allocate a 0-axis blob; the numbers by hand (and tests/test_real_caffe.py) judge it.
+    check_backends(net, {"data": x}, [expected], opencv=False)
 
 
 # ---- Eltwise --------------------------------------------------------------------------------------------------

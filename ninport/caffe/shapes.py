@@ -213,7 +213,8 @@ def _prelu(layer: Layer, bottoms: list[Shape]) -> LayerShapes:
     shape = bottoms[0]
     if len(shape) < 2:
         raise ShapeError(f"layer {layer.name!r}: PReLU needs at least 2 axes, got {list(shape)}")
-    return LayerShapes([shape], [(1,) if layer.param.prelu_param.channel_shared else (shape[1],)])
+    # channel_shared: one slope in a 0-axis blob (prelu_layer.cpp makes it with an empty shape vector)
+    return LayerShapes([shape], [() if layer.param.prelu_param.channel_shared else (shape[1],)])
 
 
 @rule("BatchNorm")

@@ -150,7 +150,10 @@ def save_pt(module: CaffeNet, path: str | os.PathLike) -> None:
     path = os.fspath(path)
     tmp = f"{path}.partial-{os.getpid()}"
     try:
-        torch.save(payload, tmp)
+        # Through a file object: torch names the archive's root folder after a path's file name, and the
+        # temporary name would make the bytes differ from run to run.
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
