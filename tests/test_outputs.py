@@ -126,14 +126,27 @@ def test_atomic_write_leaves_no_temporary_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
-def test_a_layer_name_torch_cannot_hold_is_one_line_and_leaves_nothing(tmp_path, model):
-    proto, weights = model
-    dotted = tmp_path / "dotted.prototxt"
-    dotted.write_text(NET.replace('name: "relu"', 'name: "relu.1"'))
-    before = _snapshot(tmp_path)
-    with pytest.raises(NinportError, match="'relu.1' \\(ReLU\\): a '.' in a layer name"):
-        _convert(dotted, weights, tmp_path / "m.onnx")
-    assert _snapshot(tmp_path) == before
+def test_a_dotted_layer_name_converts_as_caffe_accepts_it(tmp_path):
+    # Caffe never looks inside layer names; torch reads '.' as a path, so the module key writes it as '\u2024'.
+    import torch
+
+    import ninport
+
+    proto = tmp_path / "dotted.prototxt"
+    proto.write_text(NET.replace('name: "conv"', 'name: "features.0"').replace('name: "relu"', 'name: "features.1"'))
+    weights = tmp_path / "w.caffemodel"
+    rng = np.random.default_rng(3)
+    kernel, bias = rng.standard_normal((3, 2, 3, 3)).astype(np.float32), rng.standard_normal(3).astype(np.float32)
+    write_caffemodel(weights, [("features.0", "Convolution", [kernel, bias])])
+    result = _convert(proto, weights, tmp_path / "m.onnx")  # checked in onnxruntime against the torch module
+    module = ninport.load_pt(result.pt_path)
+    conv = module.layer_module("features.0")
+    assert conv is module.get_submodule("features\u20240")
+    np.testing.assert_array_equal(conv.weight.detach().numpy(), kernel)  # the weights found by the dotted name
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    want = np.maximum(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(kernel),
+                                                 torch.from_numpy(bias)).numpy(), 0)
+    np.testing.assert_allclose(module(torch.from_numpy(x)).detach().numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_net_bound_to_its_batch_is_one_line_under_a_dynamic_batch(tmp_path):

@@ -365,7 +365,7 @@ def learnable_blobs(phase: PhaseNet, shapes=None) -> list[ParamBlob]:
         what = f"{net.where(layer)}: layer {layer.name!r} ({layer.type})"
         if any(spec.name for spec in layer.param.param):
             raise NetError(f"{what}: shared parameters (param {{ name: ... }}) are not supported by ninport train")
-        params = list(module.get_submodule(layer.name).parameters())
+        params = list(module.layer_module(layer.name).parameters())
         if len(params) != len(expected):
             raise NetError(f"{what}: its {len(expected)} Caffe blob(s) do not map onto torch parameters; "
                            "ninport train cannot learn this layer type")

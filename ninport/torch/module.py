@@ -13,9 +13,13 @@ from torch import nn
 
 from ninport.caffe.net import Net
 from ninport.caffe.shapes import NetShapes
-from ninport.errors import NetError
 from ninport.torch.registry import build_layer, preflight
 
+
+def module_key(layer_name: str) -> str:
+    """The torch module name of a Caffe layer: its own name, with each '.' (which Caffe allows and torch reads as
+    a path separator) written as the one-dot leader '\u2024'."""
+    return layer_name.replace(".", "\u2024")
 
 class CaffeNet(nn.Module):
     def __init__(self, net: Net, shapes: NetShapes, dynamic_hw: bool = False):
@@ -42,17 +46,18 @@ class CaffeNet(nn.Module):
             self.layer_types[layer.name] = layer.type
             if layer.type == "Input":
                 continue
-            if "." in layer.name:  # torch's add_module refuses it; a clear line instead of its KeyError
-                raise NetError(f"{net.where(layer)}: layer {layer.name[:80]!r} ({layer.type}): a '.' in a layer "
-                               "name cannot name a PyTorch module; rename the layer to convert it")
-            self.add_module(layer.name, build_layer(layer, net, shapes, dynamic_hw=dynamic_hw))
+            self.add_module(module_key(layer.name), build_layer(layer, net, shapes, dynamic_hw=dynamic_hw))
             self.plan.append((layer.name, list(layer.bottoms), list(layer.tops)))
+
+    def layer_module(self, name: str) -> torch.nn.Module:
+        """The module of Caffe layer ``name`` (``get_submodule`` works too, with a '.' written as '\u2024')."""
+        return self._modules[module_key(name)]
 
     def forward_blobs(self, *inputs: torch.Tensor, **named: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the net and return every blob version by name (inputs included)."""
         blobs = self._bind_inputs(inputs, named)
         for name, bottoms, tops in self.plan:
-            out = self._modules[name](*[blobs[b] for b in bottoms])
+            out = self._modules[module_key(name)](*[blobs[b] for b in bottoms])
             if len(tops) == 1:
                 blobs[tops[0]] = out
             else:
