@@ -83,13 +83,75 @@ def float64_module(module):
     return copy.deepcopy(module).double().eval()
 
 
-def forward_truth(module, inputs: Sequence, blobs: bool = False, module64=None) -> dict[str, np.ndarray]:
-    """The float64 forward on the same (float32) inputs: every blob version when ``blobs``, else the outputs,
-    keyed by blob name."""
+# Above this many bytes of weights, the truth is computed layer by layer (see ``_lean_forward``).
+LEAN_BYTES = 64 << 20
+# Weight bytes (in float64) a linear layer's rows are taken by at a time in the lean forward.
+_LINEAR_CHUNK_BYTES = 32 << 20
+
+
+def _weight_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def _linear64(layer, x):
+    """A float64 InnerProduct whose weight rows are made float64 a slice at a time (a VGG fc6 in float64 would
+    be 0.8 GB on its own)."""
     import torch
 
-    module64 = module64 if module64 is not None else float64_module(module)
+    if x.dim() != layer.axis + 1:
+        x = x.flatten(layer.axis)
+    weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+    out = torch.empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float64)
+    rows = max(1, _LINEAR_CHUNK_BYTES // (8 * max(1, weight.shape[1])))
+    for start in range(0, weight.shape[0], rows):
+        part = torch.nn.functional.linear(x, weight[start:start + rows].double(),
+                                          None if bias is None else bias[start:start + rows].double())
+        out[..., start:start + rows] = part
+    return out
+
+
+def _lean_forward(module, tensors, keep_all: bool) -> dict:
+    """``module.forward_blobs`` in float64 holding one layer's float64 copy at a time: the float32 module stays
+    as it is and the memory on top of it is one layer, not a second copy of the net. Unless ``keep_all``, a
+    blob is dropped after its last reader."""
+    from ninport.torch.layers.inner_product import InnerProduct
+
+    blobs = module._bind_inputs(tensors, {})
+    last_read = {b: i for i, (_, bottoms, _) in enumerate(module.plan) for b in bottoms}
+    keep = set(module.output_names)
+    for step, (name, bottoms, tops) in enumerate(module.plan):
+        layer = module.layer_module(name)
+        args = [blobs[b] for b in bottoms]
+        if isinstance(layer, InnerProduct) and _weight_bytes(layer) > _LINEAR_CHUNK_BYTES // 2:
+            out = _linear64(layer, *args)
+        else:
+            out = copy.deepcopy(layer).double().eval()(*args)
+        if len(tops) == 1:
+            blobs[tops[0]] = out
+        else:
+            for top, value in zip(tops, out):
+                blobs[top] = value
+        if not keep_all:
+            for b in set(bottoms):
+                if last_read.get(b) == step and b not in keep:
+                    del blobs[b]
+    return blobs
+
+
+def forward_truth(module, inputs: Sequence, blobs: bool = False, module64=None) -> dict[str, np.ndarray]:
+    """The float64 forward on the same (float32) inputs: every blob version when ``blobs``, else the outputs,
+    keyed by blob name. Without ``module64``, a net with more than ``LEAN_BYTES`` of weights is run a layer at
+    a time in float64 (``_lean_forward``); a smaller one through a float64 copy of the whole module."""
+    import torch
+
     tensors = [torch.as_tensor(np.asarray(x)).double() for x in inputs]
+    if module64 is None and _weight_bytes(module) > LEAN_BYTES:
+        with torch.no_grad():
+            every = _lean_forward(module, tensors, keep_all=blobs)
+        if blobs:
+            return {k: v.numpy() for k, v in every.items()}
+        return {name: every[name].numpy() for name in module.output_names}
+    module64 = module64 if module64 is not None else float64_module(module)
     with torch.no_grad():
         if blobs:
             return {k: v.numpy() for k, v in module64.forward_blobs(*tensors).items()}

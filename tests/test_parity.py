@@ -170,3 +170,38 @@ def test_convert_rtol_option(run_cli, tmp_path, mobilenet):
     result = run_cli("convert", prototxt, weights, "-o", tmp_path / "m.onnx")
     assert result.exit_code == 0, result.output
     assert "floor" in result.output and "vs float64 torch" in result.output
+
+
+def test_lean_float64_forward_equals_the_float64_copy(monkeypatch, mobilenet):
+    # A big net's truth runs a layer at a time, its InnerProduct weights made float64 a slice of rows at a
+    # time: forced here on a small net (every net "big", slices of one row), it gives the whole float64 copy's
+    # numbers, every blob and the outputs.
+    import ninport
+    import ninport.parity as parity
+
+    module = ninport.load(*mobilenet)
+    x = np.random.default_rng(5).standard_normal((2, *module.input_shapes["data"][1:])).astype(np.float32)
+    whole = parity.forward_truth(module, [x], blobs=True, module64=parity.float64_module(module))
+    monkeypatch.setattr(parity, "LEAN_BYTES", 0)
+    monkeypatch.setattr(parity, "_LINEAR_CHUNK_BYTES", 8 * module.get_submodule("fc").weight.shape[1])
+    lean = parity.forward_truth(module, [x], blobs=True)
+    assert set(lean) == set(whole)
+    for name, value in whole.items():
+        assert lean[name].dtype == np.float64
+        np.testing.assert_allclose(lean[name], value, rtol=1e-12, atol=1e-12 * float(np.abs(value).max()))
+    outputs = parity.forward_truth(module, [x])
+    assert set(outputs) == set(module.output_names)
+    for name in module.output_names:
+        np.testing.assert_allclose(outputs[name], whole[name], rtol=1e-12)
+    # and the rows really went a slice at a time: a wrong slice (the first row twice) changes the result
+    real = parity._linear64
+
+    def shifted(layer, x):
+        out = real(layer, x)
+        out[..., 1] = out[..., 0]
+        return out
+
+    monkeypatch.setattr(parity, "_linear64", shifted)
+    monkeypatch.setattr(parity, "_LINEAR_CHUNK_BYTES", 0)
+    broken = parity.forward_truth(module, [x], blobs=True)
+    assert not np.allclose(broken["fc"], whole["fc"])

@@ -13,9 +13,9 @@
 
 4. With ``--vgg``: a VGG-16-shaped caffemodel (553 MB, ``tools/bench_load.py``'s net) converted, interleaved
    with its floor: the import floor, reading the caffemodel and writing the .onnx and .pt bytes (``cat``
-   and ``dd``), and the parity check's forwards (torch and onnxruntime, batches 1 and 2, timed in one helper
-   process). Prints wall and peak RSS (the converter's process and its check helper, sampled from /proc)
-   as ratios to the floor and to the file size.
+   and ``dd``), and the parity check's forwards (float32 torch, its float64 truth and onnxruntime at batches
+   1 and 2, timed in one helper process). Prints wall and peak RSS (the converter's process and its check
+   helper, sampled from /proc) as ratios to the floor and to the file size.
 
 The weights are seeded (the real ones cannot be downloaded here) and live in a temporary directory.
 """
@@ -105,6 +105,7 @@ def show_graph(onnx_path: Path, workdir: Path) -> None:
 _FORWARDS = r"""
 import sys, time, json
 import numpy as np, onnxruntime as ort, torch
+from ninport.parity import forward_truth
 from ninport.torch.build import load_pt
 module = load_pt(sys.argv[2])
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
@@ -115,6 +116,7 @@ for batch in (1, 2):
     with torch.no_grad():
         module(*x)
     session.run(None, {module.input_names[0]: x[0].numpy()})
+    forward_truth(module, [t.numpy() for t in x])  # the float64 truth the parity rule judges by
     seconds += time.perf_counter() - start
 print(json.dumps({"seconds": seconds}))
 """
