@@ -184,7 +184,12 @@ def test_lean_float64_forward_equals_the_float64_copy(monkeypatch, mobilenet):
     whole = parity.forward_truth(module, [x], blobs=True, module64=parity.float64_module(module))
     monkeypatch.setattr(parity, "LEAN_BYTES", 0)
     monkeypatch.setattr(parity, "_LINEAR_CHUNK_BYTES", 8 * module.get_submodule("fc").weight.shape[1])
+    monkeypatch.setattr(parity, "_CONV_CHUNK_BYTES", 1)  # convolutions summed one input channel at a time
+    sliced = []
+    real_conv = parity._conv2d64
+    monkeypatch.setattr(parity, "_conv2d64", lambda layer, *xs: sliced.append(layer) or real_conv(layer, *xs))
     lean = parity.forward_truth(module, [x], blobs=True)
+    assert len(sliced) >= 10  # the pointwise convolutions took the sliced path (depthwise ones cannot)
     assert set(lean) == set(whole)
     for name, value in whole.items():
         assert lean[name].dtype == np.float64

@@ -437,6 +437,7 @@ def start_export(
     streamed = STREAMED_EXPORT_BYTES < size <= EXTERNAL_DATA_BYTES
     model, weights = export_graph(module, opset=opset, dynamic_batch=dynamic_batch, batch=trace_batch,
                                   weights_apart=streamed)
+    release_freed_memory()  # the tracer's transient graphs
     meta = model_metadata(module, metadata)
     meta.update({p.key: p.value for p in model.metadata_props})
     del model.metadata_props[:]
@@ -521,6 +522,17 @@ def _check_onnx(data: bytes | str) -> None:
         raise NinportError(f"the exported ONNX graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system (glibc's malloc_trim): after a big export or forward the
+    allocator keeps them, and the process's peak would count them again under the next step."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _torch_reference(module, batches) -> list[tuple[int, tuple, list[np.ndarray], list[np.ndarray]]]:
     """The torch module's outputs on the seeded parity inputs, in float32 and (the truth) in float64:
     (batch, inputs, float32 outputs, float64 outputs) per batch."""
@@ -535,11 +547,13 @@ def _torch_reference(module, batches) -> list[tuple[int, tuple, list[np.ndarray]
             module64 = None
     cases = []
     for batch in batches:
+        release_freed_memory()
         inputs = module.example_inputs(batch=batch, seed=batch)
         with torch.no_grad():
             expected = module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
         outputs = [t.numpy() for t in expected]
+        release_freed_memory()
         try:
             truth = forward_truth(module, [t.numpy() for t in inputs], module64=module64)
             truths = [truth[n] for n in module.output_names]

@@ -66,7 +66,23 @@ class CaffeNet(nn.Module):
         return blobs
 
     def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
-        blobs = self.forward_blobs(*inputs, **named)
+        # As forward_blobs, but each blob is let go after its last reader: a big net's activations are not all
+        # held at once.
+        blobs = self._bind_inputs(inputs, named)
+        last_read = getattr(self, "_last_read", None)
+        if last_read is None:
+            last_read = self._last_read = {b: i for i, (_, bottoms, _) in enumerate(self.plan) for b in bottoms}
+        keep = set(self.output_names)
+        for step, (name, bottoms, tops) in enumerate(self.plan):
+            out = self._modules[module_key(name)](*[blobs[b] for b in bottoms])
+            if len(tops) == 1:
+                blobs[tops[0]] = out
+            else:
+                for top, value in zip(tops, out):
+                    blobs[top] = value
+            for b in bottoms:
+                if last_read.get(b) == step and b not in keep:
+                    blobs.pop(b, None)
         outs = tuple(blobs[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
