@@ -55,20 +55,16 @@ class CaffeNet(nn.Module):
 
     def forward_blobs(self, *inputs: torch.Tensor, **named: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run the net and return every blob version by name (inputs included)."""
-        blobs = self._bind_inputs(inputs, named)
-        for name, bottoms, tops in self.plan:
-            out = self._modules[module_key(name)](*[blobs[b] for b in bottoms])
-            if len(tops) == 1:
-                blobs[tops[0]] = out
-            else:
-                for top, value in zip(tops, out):
-                    blobs[top] = value
-        return blobs
+        return self._run(self._bind_inputs(inputs, named), drop=False)
 
     def forward(self, *inputs: torch.Tensor, **named: torch.Tensor):
         # As forward_blobs, but each blob is let go after its last reader: a big net's activations are not all
         # held at once.
-        blobs = self._bind_inputs(inputs, named)
+        blobs = self._run(self._bind_inputs(inputs, named), drop=True)
+        outs = tuple(blobs[name] for name in self.output_names)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _run(self, blobs: dict[str, torch.Tensor], drop: bool) -> dict[str, torch.Tensor]:
         last_read = getattr(self, "_last_read", None)
         if last_read is None:
             last_read = self._last_read = {b: i for i, (_, bottoms, _) in enumerate(self.plan) for b in bottoms}
@@ -80,11 +76,11 @@ class CaffeNet(nn.Module):
             else:
                 for top, value in zip(tops, out):
                     blobs[top] = value
-            for b in bottoms:
-                if last_read.get(b) == step and b not in keep:
-                    blobs.pop(b, None)
-        outs = tuple(blobs[name] for name in self.output_names)
-        return outs[0] if len(outs) == 1 else outs
+            if drop:
+                for b in bottoms:
+                    if last_read.get(b) == step and b not in keep:
+                        blobs.pop(b, None)
+        return blobs
 
     def _bind_inputs(self, inputs, named) -> dict[str, torch.Tensor]:
         if len(inputs) + len(named) != len(self.input_names):
