@@ -83,13 +83,14 @@ def float64_module(module):
     return copy.deepcopy(module).double().eval()
 
 
-# Above this many bytes of weights, the truth is computed layer by layer (see ``_lean_forward``).
+# Above this many bytes of weights, the truth is computed layer by layer (see ``_layer64``).
 LEAN_BYTES = 64 << 20
 # Weight bytes (in float64) a linear layer's rows are taken by at a time in the lean forward.
 _LINEAR_CHUNK_BYTES = 32 << 20
 
 
-def _weight_bytes(module) -> int:
+def parameter_bytes(module) -> int:
+    """The bytes of a torch module's parameters and buffers."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
@@ -137,48 +138,30 @@ def _conv2d64(layer, *xs):
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-def _lean_forward(module, tensors, keep_all: bool) -> dict:
-    """``module.forward_blobs`` in float64 holding one layer's float64 copy at a time: the float32 module stays
-    as it is and the memory on top of it is one layer, not a second copy of the net. Unless ``keep_all``, a
-    blob is dropped after its last reader."""
+def _layer64(layer, args):
+    """One layer of the lean float64 forward: a float64 copy of it, made for this call only; a big InnerProduct
+    or a plain 2-D convolution computed in float64 by slices instead of copied whole."""
     from ninport.torch.layers.convolution import Conv2d
     from ninport.torch.layers.inner_product import InnerProduct
 
-    blobs = module._bind_inputs(tensors, {})
-    last_read = {b: i for i, (_, bottoms, _) in enumerate(module.plan) for b in bottoms}
-    keep = set(module.output_names)
-    for step, (name, bottoms, tops) in enumerate(module.plan):
-        layer = module.layer_module(name)
-        args = [blobs[b] for b in bottoms]
-        if isinstance(layer, InnerProduct) and _weight_bytes(layer) > _LINEAR_CHUNK_BYTES // 2:
-            out = _linear64(layer, *args)
-        elif type(layer) is Conv2d and layer.groups == 1 and layer.padding_mode == "zeros" \
-                and not isinstance(layer.padding, str):
-            out = _conv2d64(layer, *args)
-        else:
-            out = copy.deepcopy(layer).double().eval()(*args)
-        if len(tops) == 1:
-            blobs[tops[0]] = out
-        else:
-            for top, value in zip(tops, out):
-                blobs[top] = value
-        if not keep_all:
-            for b in set(bottoms):
-                if last_read.get(b) == step and b not in keep:
-                    del blobs[b]
-    return blobs
+    if isinstance(layer, InnerProduct) and parameter_bytes(layer) > _LINEAR_CHUNK_BYTES // 2:
+        return _linear64(layer, *args)
+    if type(layer) is Conv2d and layer.groups == 1 and layer.padding_mode == "zeros" \
+            and not isinstance(layer.padding, str):
+        return _conv2d64(layer, *args)
+    return copy.deepcopy(layer).double().eval()(*args)
 
 
 def forward_truth(module, inputs: Sequence, blobs: bool = False, module64=None) -> dict[str, np.ndarray]:
     """The float64 forward on the same (float32) inputs: every blob version when ``blobs``, else the outputs,
     keyed by blob name. Without ``module64``, a net with more than ``LEAN_BYTES`` of weights is run a layer at
-    a time in float64 (``_lean_forward``); a smaller one through a float64 copy of the whole module."""
+    a time in float64 (``_layer64``); a smaller one through a float64 copy of the whole module."""
     import torch
 
     tensors = [torch.as_tensor(np.asarray(x)).double() for x in inputs]
-    if module64 is None and _weight_bytes(module) > LEAN_BYTES:
-        with torch.no_grad():
-            every = _lean_forward(module, tensors, keep_all=blobs)
+    if module64 is None and parameter_bytes(module) > LEAN_BYTES:
+        with torch.no_grad():  # one layer's float64 copy at a time, the float32 module left as it is
+            every = module._run(module._bind_inputs(tensors, {}), drop=not blobs, call=_layer64)
         if blobs:
             return {k: v.numpy() for k, v in every.items()}
         return {name: every[name].numpy() for name in module.output_names}

@@ -22,8 +22,9 @@ import torch
 from onnx import helper
 
 from ninport import __version__
-from ninport.caffe.caffemodel import atomic_write_bytes
+from ninport.caffe.caffemodel import _varint, atomic_write_bytes
 from ninport.errors import NinportError, ParityError
+from ninport.parity import parameter_bytes
 
 DEFAULT_OPSET = 17
 # Models whose weights pass this size are written with their tensors in a side file ("external data"): one
@@ -177,10 +178,6 @@ def to_onnx_bytes(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
     return to_onnx_model(module, opset=opset, dynamic_batch=dynamic_batch, batch=batch).SerializeToString()
 
 
-def parameter_bytes(module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-
 def to_onnx_model(module, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                   batch: int | None = None) -> onnx.ModelProto:
     """The model with its weights as initializers (see ``export_graph``)."""
@@ -294,9 +291,6 @@ class _shape_inference_without_weights:
 _GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 _INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
 _RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
-
-
-from ninport.caffe.caffemodel import _varint  # noqa: E402  (protobuf's varint, one writer for both files)
 
 
 def _length_field(number: int, length: int) -> bytes:

@@ -64,13 +64,17 @@ class CaffeNet(nn.Module):
         outs = tuple(blobs[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
-    def _run(self, blobs: dict[str, torch.Tensor], drop: bool) -> dict[str, torch.Tensor]:
+    def _run(self, blobs: dict[str, torch.Tensor], drop: bool, call=None) -> dict[str, torch.Tensor]:
+        """The plan over ``blobs`` (the bound inputs). ``drop``: let each blob go after its last reader (outputs
+        stay). ``call(layer_module, bottoms)`` runs one layer instead of the module itself (the float64 truth of
+        ``ninport.parity`` runs a float64 copy of it)."""
         last_read = getattr(self, "_last_read", None)
         if last_read is None:
             last_read = self._last_read = {b: i for i, (_, bottoms, _) in enumerate(self.plan) for b in bottoms}
         keep = set(self.output_names)
         for step, (name, bottoms, tops) in enumerate(self.plan):
-            out = self._modules[module_key(name)](*[blobs[b] for b in bottoms])
+            layer, args = self._modules[module_key(name)], [blobs[b] for b in bottoms]
+            out = layer(*args) if call is None else call(layer, args)
             if len(tops) == 1:
                 blobs[tops[0]] = out
             else:
