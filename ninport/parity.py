@@ -32,23 +32,39 @@ def tolerance(floor: float, rtol: float = DEFAULT_RTOL) -> float:
     return max(rtol, NOISE_FACTOR * floor)
 
 
-def distance(truth: np.ndarray, other: np.ndarray) -> tuple[float, float]:
-    """(max abs difference, that over max |truth|) in float64, a chunk at a time; arrays of the same size but
-    another shape (a runtime that keeps trailing 1-dims, a Flatten view) compare flat, another size is inf."""
+def compare(truth: np.ndarray, other: np.ndarray, cosine: bool = True) -> tuple[float, float, float]:
+    """(max abs difference, that over max |truth|, cosine similarity) in float64, a chunk at a time, without a
+    float64 copy of a big blob; arrays of the same size but another shape (a runtime that keeps trailing 1-dims,
+    a Flatten view) compare flat, another size is inf. Without ``cosine`` the third figure is NaN."""
     ref_all = np.asarray(truth).reshape(-1)
     got_all = np.asarray(other).reshape(-1)
     if ref_all.size != got_all.size:
-        return math.inf, math.inf
+        return math.inf, math.inf, math.nan
     if ref_all.size == 0:
-        return 0.0, 0.0
-    max_abs = scale = np.float64(0.0)
+        return 0.0, 0.0, 1.0 if cosine else math.nan
+    max_abs = scale = dot = ref_sq = got_sq = np.float64(0.0)
     for start in range(0, ref_all.size, _CHUNK):
         ref = ref_all[start : start + _CHUNK].astype(np.float64)
         got = got_all[start : start + _CHUNK].astype(np.float64)
         max_abs = np.maximum(max_abs, np.max(np.abs(ref - got)))  # np.maximum keeps a NaN
         scale = np.maximum(scale, np.max(np.abs(ref)))
+        if cosine:
+            dot += np.dot(ref, got)
+            ref_sq += np.dot(ref, ref)
+            got_sq += np.dot(got, got)
     max_abs, scale = float(max_abs), float(scale)
-    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+    rel = max_abs / scale if scale > 0 else max_abs
+    if not cosine:
+        return max_abs, rel, math.nan
+    norms = math.sqrt(float(ref_sq)) * math.sqrt(float(got_sq))
+    if norms == 0 or not math.isfinite(norms):
+        return max_abs, rel, 1.0 if ref_sq == 0 and got_sq == 0 else (0.0 if norms == 0 else math.nan)
+    return max_abs, rel, float(dot) / norms
+
+
+def distance(truth: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(max abs difference, that over max |truth|): ``compare`` without the cosine."""
+    return compare(truth, other, cosine=False)[:2]
 
 
 @dataclass
@@ -59,23 +75,26 @@ class Judgement:
     rel: float
     floor: float
     tolerance: float
+    cosine: float = math.nan  # when asked for (``cosine=True``)
 
     @property
     def ok(self) -> bool:
         return self.rel <= self.tolerance  # False for NaN
 
 
-def judge(truth: np.ndarray, floor: float, other: np.ndarray, rtol: float = DEFAULT_RTOL) -> Judgement:
+def judge(truth: np.ndarray, floor: float, other: np.ndarray, rtol: float = DEFAULT_RTOL,
+          cosine: bool = False) -> Judgement:
     """``other`` against ``truth`` (float64) where the float32 module is ``floor`` away."""
-    max_abs, rel = distance(truth, other)
-    return Judgement(max_abs, rel, floor, tolerance(floor, rtol))
+    max_abs, rel, cos = compare(truth, other, cosine)
+    return Judgement(max_abs, rel, floor, tolerance(floor, rtol), cos)
 
 
-def judge_floor(truth: np.ndarray, float32: np.ndarray, rtol: float = DEFAULT_RTOL) -> Judgement:
+def judge_floor(truth: np.ndarray, float32: np.ndarray, rtol: float = DEFAULT_RTOL,
+                cosine: bool = False) -> Judgement:
     """The float32 module itself: its distance is the floor; it fails only past ``NOISE_CEILING`` (or when not
     finite), which no rounding explains."""
-    max_abs, rel = distance(truth, float32)
-    return Judgement(max_abs, rel, rel, max(rtol, NOISE_CEILING))
+    max_abs, rel, cos = compare(truth, float32, cosine)
+    return Judgement(max_abs, rel, rel, max(rtol, NOISE_CEILING), cos)
 
 
 def float64_module(module):

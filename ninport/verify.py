@@ -24,9 +24,17 @@ import numpy as np
 from ninport.caffe.aliasing import in_place_pairs, shares_memory
 from ninport.errors import NinportError, ParseError, RuntimeUnavailableError
 from ninport.onnx.float16 import FP16_RTOL
-from ninport.parity import DEFAULT_RTOL, NOISE_FACTOR, distance, float64_module, forward_truth, judge, judge_floor
+from ninport.parity import (
+    DEFAULT_RTOL,
+    NOISE_FACTOR,
+    compare,
+    distance,
+    float64_module,
+    forward_truth,
+    judge,
+    judge_floor,
+)
 
-_CHUNK = 1 << 20
 RUNTIMES = ("onnxruntime", "onnxruntime-cuda", "openvino", "opencv-onnx")
 # The seeded input keeps the net's item shape but at most this batch: two items still catch a layer that
 # mixes the batch axis, and a train_val net's batch (NiN's is 89) would hold gigabytes of blobs per backend.
@@ -137,35 +145,9 @@ class VerifyReport:
 
 
 def compare_blobs(reference: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
-    """Max abs difference, that over the reference's largest magnitude, and the cosine similarity.
-
-    Arrays of the same size but another shape (a runtime that keeps trailing 1-dims) are compared flat; a
-    different size is an infinite difference.
-    """
-    ref_all = np.asarray(reference).reshape(-1)
-    got_all = np.asarray(other).reshape(-1)
-    if ref_all.size != got_all.size:
-        return math.inf, math.inf, math.nan
-    if ref_all.size == 0:
-        return 0.0, 0.0, 1.0
-    # In float64, a chunk at a time: exact enough for a cosine near 1, without a float64 copy of a big blob.
-    max_abs = scale = dot = ref_sq = got_sq = np.float64(0.0)
-    for start in range(0, ref_all.size, _CHUNK):
-        ref = ref_all[start : start + _CHUNK].astype(np.float64)
-        got = got_all[start : start + _CHUNK].astype(np.float64)
-        max_abs = np.maximum(max_abs, np.max(np.abs(ref - got)))  # np.maximum keeps a NaN
-        scale = np.maximum(scale, np.max(np.abs(ref)))
-        dot += np.dot(ref, got)
-        ref_sq += np.dot(ref, ref)
-        got_sq += np.dot(got, got)
-    max_abs, scale = float(max_abs), float(scale)
-    rel = max_abs / scale if scale > 0 else max_abs
-    norms = math.sqrt(float(ref_sq)) * math.sqrt(float(got_sq))
-    if norms == 0 or not math.isfinite(norms):
-        cosine = 1.0 if ref_sq == 0 and got_sq == 0 else (0.0 if norms == 0 else math.nan)
-    else:
-        cosine = float(dot) / norms
-    return max_abs, rel, cosine
+    """Max abs difference, that over the reference's largest magnitude, and the cosine similarity
+    (``ninport.parity.compare``)."""
+    return compare(reference, other)
 
 
 def argmax_agreement(reference: np.ndarray, other: np.ndarray) -> tuple[int, int] | None:
@@ -618,15 +600,14 @@ def verify(
         info = infos[at or blob]
         want, got = canonical(at or blob, truth[blob]), canonical(at or blob, got)
         if backend == "torch":
-            verdict = judge_floor(want, got, tolerance)
+            verdict = judge_floor(want, got, tolerance, cosine=True)
         else:
-            verdict = judge(want, floors[blob], got, tolerance)
-        cosine = compare_blobs(want, got)[2]
+            verdict = judge(want, floors[blob], got, tolerance, cosine=True)
         argmax = argmax_agreement(want, got) if blob in outputs else None
         final = info.final if at is None else infos[at].final
         keyed.append(((info.position, order), Comparison(
             blob=label or blob, layer=info.layer, backend=backend, against="float64", max_abs=verdict.max_abs,
-            rel=verdict.rel, cosine=cosine, tolerance=verdict.tolerance, argmax=argmax,
+            rel=verdict.rel, cosine=verdict.cosine, tolerance=verdict.tolerance, argmax=argmax,
             chain=info.chain if final else (info.layer,), floor=verdict.floor)))
 
     for blob in versions:

@@ -24,7 +24,7 @@ from onnx import helper
 from ninport import __version__
 from ninport.caffe.caffemodel import _varint, atomic_write_bytes
 from ninport.errors import NinportError, ParityError
-from ninport.parity import parameter_bytes
+from ninport.parity import distance, parameter_bytes
 
 DEFAULT_OPSET = 17
 # Models whose weights pass this size are written with their tensors in a side file ("external data"): one
@@ -72,13 +72,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def compare(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     """Max abs difference, and that divided by the reference's largest magnitude."""
-    reference = np.asarray(reference, dtype=np.float64)
-    other = np.asarray(other, dtype=np.float64)
-    if reference.shape != other.shape:
+    if np.shape(reference) != np.shape(other):
         return float("inf"), float("inf")
-    max_abs = float(np.max(np.abs(reference - other))) if reference.size else 0.0
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
-    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+    return distance(reference, other)
 
 
 def model_metadata(module, extra: dict[str, str] | None = None) -> dict[str, str]:
